@@ -1,0 +1,67 @@
+"""What every command shares: --stage / --json options, exit codes, user-facing errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Exit codes that mean something to scripts.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and found a problem (unsafe config, invariant broken, ...)
+EXIT_USAGE = 2  # bad arguments or input (typer uses 2 too)
+EXIT_UNAVAILABLE = 3  # a service (SQS, Lambda, database, local stack) could not be reached
+
+StageOption = typer.Option("dev", "--stage", "-s", help="Stage: config/<stage>.yml ('local' = the local stack).")
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as one line, exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    raise CliError(message, code)
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn known failures into a clear message and exit code instead of a traceback."""
+    from sluice.settings import SettingsError
+
+    try:
+        yield
+    except CliError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(exc.code) from None
+    except SettingsError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: run a command body inside ``user_errors``."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with user_errors():
+            return func(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,32 @@
+"""`sluice config check`: reject unsafe settings before they are deployed."""
+
+from __future__ import annotations
+
+import typer
+
+from sluice.cli.common import EXIT_FAILED, JsonOption, StageOption, command, console, emit_json, err_console
+from sluice.settings import load_settings
+
+config_app = typer.Typer(no_args_is_help=True, help="Settings in config/<stage>.yml.")
+
+
+@config_app.command("check")
+@command
+def check(stage: str = StageOption, as_json: bool = JsonOption) -> None:
+    """Validate config/<stage>.yml: types, ranges and unsafe combinations."""
+    settings = load_settings(stage)
+    problems = settings.problems()
+    if as_json:
+        emit_json({"stage": stage, "ok": not problems, "problems": problems})
+    elif problems:
+        err_console.print(f"[red]config/{stage}.yml is unsafe:[/red]")
+        for p in problems:
+            err_console.print(f"  - {p}")
+    else:
+        console.print(f"[green]config/{stage}.yml is consistent[/green]")
+    if problems:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(config_app, name="config")

@@ -1,0 +1,328 @@
+"""Typed settings, read once.
+
+Two sources, one vocabulary:
+
+* ``Settings`` is the whole of ``config/<stage>.yml``: what the CLI, the local stack and
+  ``sluice config check`` use, and what serverless.yml reads through ``${file(...)}``.
+* ``RuntimeConfig`` is what a Lambda handler needs, read from the environment that
+  serverless.yml (or the local stack) derives from the same file. ``RUNTIME_ENV_NAMES``
+  lists those variables; ``Settings.runtime_env`` builds them, so the two never drift.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class SettingsError(Exception):
+    """Settings are missing, malformed or unsafe; the message says which and why."""
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR_ENV = "SLUICE_CONFIG_DIR"
+_SCHEDULE = re.compile(r"^(rate\(\d+ (minute|minutes|hour|hours|day|days)\)|cron\(.+\))$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QueueSettings(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,70}$")
+    groups: int = Field(16, ge=1, le=1000)
+    max_tps: int = Field(300, ge=1, le=70000)
+    visibility_s: int = Field(180, ge=0, le=43200)
+    retention_s: int = Field(345600, ge=60, le=1209600)
+    max_receive_count: int = Field(5, ge=1, le=1000)
+    dlq_retention_days: int = Field(14, ge=1, le=14)
+
+    @property
+    def fifo_name(self) -> str:
+        return f"{self.name}.fifo"
+
+    @property
+    def dlq_fifo_name(self) -> str:
+        return f"{self.name}-dlq.fifo"
+
+
+class DrainSettings(_Section):
+    schedule: str = "rate(1 minute)"
+    consumers: int = Field(1, ge=1, le=100)
+    timeout_s: int = Field(60, ge=3, le=900)
+    memory_mb: int = Field(256, ge=128, le=10240)
+    max_parallel: int = Field(4, ge=1, le=1000)
+    max_rate: float = Field(200, gt=0)
+    safety_margin_ms: int = Field(5000, ge=0)
+    wait_s: int = Field(1, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _schedule_shape(self) -> DrainSettings:
+        if not _SCHEDULE.match(self.schedule):
+            raise ValueError(f"schedule {self.schedule!r} is not 'rate(N minutes)' or 'cron(...)'")
+        return self
+
+
+class WorkerSettings(_Section):
+    timeout_s: int = Field(30, ge=1, le=900)
+    memory_mb: int = Field(256, ge=128, le=10240)
+    batch_size: int = Field(10, ge=1, le=10)
+    reserved_concurrency: int = Field(4, ge=1)
+
+
+class EnqueuerSettings(_Section):
+    timeout_s: int = Field(29, ge=1, le=900)
+    memory_mb: int = Field(256, ge=128, le=10240)
+    max_items: int = Field(1000, ge=1, le=100000)
+    max_body_bytes: int = Field(1048576, ge=1024, le=6291456)
+
+
+class DatabaseSettings(_Section):
+    name: str = Field("sluice", pattern=r"^[A-Za-z0-9_]{1,64}$")
+    secret: str = ""
+    existing_secret_arn: str = ""
+    url: str = ""
+    managed: bool = False
+    instance_class: str = "db.t4g.micro"
+    allocated_storage_gb: int = Field(20, ge=20, le=65536)
+    backup_retention_days: int = Field(7, ge=0, le=35)
+
+
+class ApiSettings(_Section):
+    auth: Literal["iam", "jwt", "none"] = "iam"
+    jwt_issuer: str = ""
+    jwt_audience: list[str] = Field(default_factory=list)
+
+
+class AlarmSettings(_Section):
+    topic_arn: str = ""
+    email: str = ""
+    oldest_message_age_s: int = Field(900, ge=60)
+
+
+class LocalSettings(_Section):
+    tick_s: float = Field(1.0, gt=0, le=3600)
+    sqs: str = "fauxqs"
+
+
+class Settings(_Section):
+    stage: str = Field(pattern=r"^[a-z][a-z0-9-]{0,15}$")
+    service: str = Field("sluice", pattern=r"^[a-z][a-z0-9-]{0,30}$")
+    region: str = "us-east-1"
+    queue: QueueSettings
+    drain: DrainSettings = DrainSettings()
+    worker: WorkerSettings = WorkerSettings()
+    enqueuer: EnqueuerSettings = EnqueuerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    api: ApiSettings = ApiSettings()
+    alarms: AlarmSettings = AlarmSettings()
+    local: LocalSettings = LocalSettings()
+
+    def problems(self) -> list[str]:
+        """Every unsafe combination, each as a sentence saying what to change (empty = safe)."""
+        q, d, w = self.queue, self.drain, self.worker
+        found: list[str] = []
+        if q.visibility_s <= d.timeout_s:
+            found.append(
+                f"queue.visibility_s ({q.visibility_s}) must exceed drain.timeout_s ({d.timeout_s}): "
+                "otherwise a message the consumer still holds becomes visible again and is dispatched twice"
+            )
+        if w.timeout_s * 1000 + d.safety_margin_ms >= d.timeout_s * 1000:
+            found.append(
+                f"worker.timeout_s ({w.timeout_s}) plus drain.safety_margin_ms ({d.safety_margin_ms}) must stay "
+                f"below drain.timeout_s ({d.timeout_s}): a consumer waits for its workers synchronously"
+            )
+        if q.visibility_s <= w.timeout_s:
+            found.append(
+                f"queue.visibility_s ({q.visibility_s}) must exceed worker.timeout_s ({w.timeout_s}): "
+                "a message must stay hidden while its worker may still be applying it"
+            )
+        if d.max_parallel > w.reserved_concurrency:
+            found.append(
+                f"drain.max_parallel ({d.max_parallel}) is above worker.reserved_concurrency "
+                f"({w.reserved_concurrency}): the cap could never be reached and invokes would be throttled"
+            )
+        if d.consumers > d.max_parallel:
+            found.append(
+                f"drain.consumers ({d.consumers}) exceeds drain.max_parallel ({d.max_parallel}): "
+                "each consumer needs at least one worker slot"
+            )
+        if d.safety_margin_ms >= d.timeout_s * 1000:
+            found.append(f"drain.safety_margin_ms ({d.safety_margin_ms}) leaves no budget in drain.timeout_s")
+        if q.dlq_retention_days * 86400 <= q.retention_s:
+            found.append(
+                f"queue.dlq_retention_days ({q.dlq_retention_days}) must be longer than queue.retention_s "
+                f"({q.retention_s} s): a FIFO message keeps its first enqueue time, so a shorter DLQ "
+                "retention would expire dead letters on arrival"
+            )
+        if self.api.auth == "jwt" and not (self.api.jwt_issuer and self.api.jwt_audience):
+            found.append("api.auth is 'jwt' but api.jwt_issuer or api.jwt_audience is empty")
+        db = self.database
+        if not (db.url or db.secret or db.existing_secret_arn):
+            found.append("database needs one of url, secret or existing_secret_arn")
+        if db.managed and db.url:
+            found.append("database.managed is true but database.url is set: the managed instance would be unused")
+        if self.enqueuer.max_items > 10 * q.max_tps * self.enqueuer.timeout_s:
+            found.append(
+                f"enqueuer.max_items ({self.enqueuer.max_items}) cannot be sent within enqueuer.timeout_s "
+                f"at queue.max_tps ({q.max_tps}) batch calls/s"
+            )
+        return found
+
+    def check(self) -> None:
+        found = self.problems()
+        if found:
+            raise SettingsError(f"config/{self.stage}.yml is unsafe:\n- " + "\n- ".join(found))
+
+    def function_name(self, function: str) -> str:
+        """The deployed name of one function, as the Serverless Framework names it."""
+        return f"{self.service}-{self.stage}-{function}"
+
+    def runtime_env(
+        self, *, queue_url: str, dlq_url: str, worker_function: str, db_secret_id: str = ""
+    ) -> dict[str, str]:
+        """The environment every handler gets (serverless.yml sets the same names)."""
+        return {
+            "SLUICE_STAGE": self.stage,
+            "SLUICE_QUEUE_URL": queue_url,
+            "SLUICE_DLQ_URL": dlq_url,
+            "SLUICE_WORKER_FUNCTION": worker_function,
+            "SLUICE_DB_SECRET_ID": db_secret_id,
+            "SLUICE_DB_NAME": self.database.name,
+            "SLUICE_QUEUE_GROUPS": str(self.queue.groups),
+            "SLUICE_QUEUE_MAX_TPS": str(self.queue.max_tps),
+            "SLUICE_QUEUE_VISIBILITY_S": str(self.queue.visibility_s),
+            "SLUICE_QUEUE_MAX_RECEIVE_COUNT": str(self.queue.max_receive_count),
+            "SLUICE_DRAIN_CONSUMERS": str(self.drain.consumers),
+            "SLUICE_DRAIN_MAX_PARALLEL": str(self.drain.max_parallel),
+            "SLUICE_DRAIN_MAX_RATE": str(self.drain.max_rate),
+            "SLUICE_DRAIN_SAFETY_MARGIN_MS": str(self.drain.safety_margin_ms),
+            "SLUICE_DRAIN_WAIT_S": str(self.drain.wait_s),
+            "SLUICE_WORKER_TIMEOUT_S": str(self.worker.timeout_s),
+            "SLUICE_WORKER_BATCH_SIZE": str(self.worker.batch_size),
+            "SLUICE_ENQUEUER_MAX_ITEMS": str(self.enqueuer.max_items),
+            "SLUICE_ENQUEUER_MAX_BODY_BYTES": str(self.enqueuer.max_body_bytes),
+            "POWERTOOLS_SERVICE_NAME": self.service,
+            "POWERTOOLS_METRICS_NAMESPACE": "Sluice",
+        }
+
+
+# Variables a handler reads; DATABASE_URL is optional and wins over the secret when set.
+RUNTIME_ENV_NAMES: tuple[str, ...] = tuple(
+    Settings(stage="x", queue=QueueSettings(name="x")).runtime_env(queue_url="", dlq_url="", worker_function="")
+)
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get(CONFIG_DIR_ENV) or PROJECT_ROOT / "config")
+
+
+def _describe(err: ValidationError) -> str:
+    return "\n".join(
+        f"- {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors(include_url=False)
+    )
+
+
+def load_settings(stage: str, directory: Path | None = None) -> Settings:
+    """Read and validate ``config/<stage>.yml``. Raises SettingsError with every problem found."""
+    if not re.match(r"^[a-z][a-z0-9-]{0,15}$", stage):
+        raise SettingsError(f"stage {stage!r} must be lowercase letters, digits and dashes (max 16)")
+    path = (directory or config_dir()) / f"{stage}.yml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"no settings for stage {stage!r}: {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path} must hold a mapping of sections (queue, drain, worker, ...)")
+    try:
+        return Settings(stage=stage, **raw)
+    except (ValidationError, TypeError) as exc:
+        detail = _describe(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise SettingsError(f"{path} has invalid settings:\n{detail}") from None
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """What a handler needs, read once from its environment."""
+
+    stage: str
+    queue_url: str
+    dlq_url: str
+    worker_function: str
+    db_secret_id: str
+    database_url: str
+    db_name: str
+    groups: int
+    max_tps: int
+    visibility_s: int
+    max_receive_count: int
+    consumers: int
+    max_parallel: int
+    max_rate: float
+    safety_margin_ms: int
+    wait_s: int
+    worker_timeout_s: int
+    batch_size: int
+    max_items: int
+    max_body_bytes: int
+
+    @property
+    def slots_per_consumer(self) -> int:
+        """Each consumer owns an equal share of the cap, so all of them together never exceed it."""
+        return max(1, self.max_parallel // self.consumers)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
+        env = os.environ if env is None else env
+
+        def text(name: str, default: str | None = None) -> str:
+            value = env.get(name, default)
+            if value is None:
+                raise SettingsError(f"environment variable {name} is not set")
+            return value
+
+        def number(name: str, kind: Any, default: str) -> Any:
+            raw = text(name, default)
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise SettingsError(f"environment variable {name}={raw!r} is not a {kind.__name__}") from None
+            if value < 0:
+                raise SettingsError(f"environment variable {name}={raw!r} must not be negative")
+            return value
+
+        config = cls(
+            stage=text("SLUICE_STAGE", "dev"),
+            queue_url=text("SLUICE_QUEUE_URL", ""),
+            dlq_url=text("SLUICE_DLQ_URL", ""),
+            worker_function=text("SLUICE_WORKER_FUNCTION", ""),
+            db_secret_id=text("SLUICE_DB_SECRET_ID", ""),
+            database_url=text("DATABASE_URL", ""),
+            db_name=text("SLUICE_DB_NAME", "sluice"),
+            groups=number("SLUICE_QUEUE_GROUPS", int, "16"),
+            max_tps=number("SLUICE_QUEUE_MAX_TPS", int, "300"),
+            visibility_s=number("SLUICE_QUEUE_VISIBILITY_S", int, "180"),
+            max_receive_count=number("SLUICE_QUEUE_MAX_RECEIVE_COUNT", int, "5"),
+            consumers=number("SLUICE_DRAIN_CONSUMERS", int, "1"),
+            max_parallel=number("SLUICE_DRAIN_MAX_PARALLEL", int, "4"),
+            max_rate=number("SLUICE_DRAIN_MAX_RATE", float, "200"),
+            safety_margin_ms=number("SLUICE_DRAIN_SAFETY_MARGIN_MS", int, "5000"),
+            wait_s=number("SLUICE_DRAIN_WAIT_S", int, "1"),
+            worker_timeout_s=number("SLUICE_WORKER_TIMEOUT_S", int, "30"),
+            batch_size=number("SLUICE_WORKER_BATCH_SIZE", int, "10"),
+            max_items=number("SLUICE_ENQUEUER_MAX_ITEMS", int, "1000"),
+            max_body_bytes=number("SLUICE_ENQUEUER_MAX_BODY_BYTES", int, "1048576"),
+        )
+        if config.groups < 1 or config.max_parallel < 1 or config.consumers < 1 or not 1 <= config.batch_size <= 10:
+            raise SettingsError("SLUICE_QUEUE_GROUPS, SLUICE_DRAIN_MAX_PARALLEL and SLUICE_DRAIN_CONSUMERS must be >= 1 "
+                                "and SLUICE_WORKER_BATCH_SIZE within 1..10")
+        return config
