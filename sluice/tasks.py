@@ -11,6 +11,7 @@ the transaction that also writes the ledger row.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 # Modules that register tasks when imported; handlers load them once per container.
-TASK_MODULES: tuple[str, ...] = ("worker.tasks",)
+# SLUICE_EXTRA_TASK_MODULES (comma-separated) adds more, e.g. a test-only slow task.
+TASK_MODULES: tuple[str, ...] = ("worker.tasks",) + tuple(
+    m.strip() for m in os.environ.get("SLUICE_EXTRA_TASK_MODULES", "").split(",") if m.strip()
+)
 
 
 class UnknownTaskError(LookupError):
