@@ -1,0 +1,84 @@
+"""`.sluice/local.env`: where a running local stack says how to reach it.
+
+`sluice local up` writes it once every service answers; the operator CLI, the tests, curl,
+the aws CLI and the mysql client read it (``set -a; . .sluice/local.env``) so they all reach
+the same stack. The file is plain ``KEY=value`` lines, shell-sourceable, values never quoted
+(none of them contains spaces).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from sluice.settings import PROJECT_ROOT
+
+LOCAL_DIR = PROJECT_ROOT / ".sluice"
+LOCAL_ENV = LOCAL_DIR / "local.env"
+
+# Every key the stack writes, in the order it writes them.
+LOCAL_ENV_KEYS: tuple[str, ...] = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_SQS",
+    "AWS_ENDPOINT_URL_LAMBDA",
+    "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "SLUICE_API_URL",
+    "DATABASE_URL",
+    "SLUICE_QUEUE_URL",
+    "SLUICE_DLQ_URL",
+    "SLUICE_LAMBDA_STATS_URL",
+    "SLUICE_STAGE",
+    "SLUICE_STACK_PID",
+)
+
+# The local servers accept any credentials; these say so to whoever reads the file.
+DUMMY_ACCESS_KEY_ID = "local"
+DUMMY_SECRET_ACCESS_KEY = "local"
+
+
+class LocalStackNotRunningError(RuntimeError):
+    """No `.sluice/local.env`: the local stack was never started (or was stopped)."""
+
+
+def write_local_env(values: Mapping[str, str], path: Path = LOCAL_ENV) -> Path:
+    """Write ``values`` as ``KEY=value`` lines (known keys first, in order); atomic replace."""
+    for key, value in values.items():
+        if "\n" in str(value) or "=" in key:
+            raise ValueError(f"local.env entry {key!r} cannot hold a newline or '=' in its name")
+    extra = sorted(k for k in values if k not in LOCAL_ENV_KEYS)
+    ordered = [k for k in LOCAL_ENV_KEYS if k in values] + extra
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "# written by `sluice local up`; removed by `sluice local down`\n"
+    text += "".join(f"{k}={values[k]}\n" for k in ordered)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    # Readers poll for this file to decide the stack is up: it must never be seen half-written.
+    os.replace(tmp, path)
+    return path
+
+
+def read_local_env(path: Path = LOCAL_ENV) -> dict[str, str]:
+    """The stack's endpoints; raises LocalStackNotRunningError naming `sluice local up` when absent."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise LocalStackNotRunningError(
+            f"the local stack is not running ({path.name} not found under {path.parent.name}/): "
+            "start it with `sluice local up` (or `sluice local up --detach`)"
+        ) from None
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip()
+    return values
+
+
+def remove_local_env(path: Path = LOCAL_ENV) -> None:
+    path.unlink(missing_ok=True)
