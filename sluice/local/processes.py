@@ -116,16 +116,18 @@ class ChildProcess:
         return LocalServiceError(f"{message}" + (f"\n{self.name} said:\n{tail}" if tail else ""))
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """SIGTERM the whole group, SIGKILL what is left after ``timeout_s``."""
+        """SIGTERM the whole group, SIGKILL what is left after ``timeout_s`` (0 = SIGKILL at once)."""
         if self.alive():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGTERM)
             try:
+                if timeout_s <= 0:
+                    raise subprocess.TimeoutExpired(self.argv, 0)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout_s)
+                self.process.wait(30)  # SIGKILL cannot be ignored; this only reaps it
         # Children that outlived their leader in the same group still get the signal.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)

@@ -1,0 +1,227 @@
+"""The local stack's MariaDB: found, or started privately, then migrated.
+
+Order (DESIGN.md section 7): ``DATABASE_URL`` when set; else the machine's server on
+127.0.0.1:3306 when it answers (root, empty password; the database named by
+``settings.database.name`` is created if missing); else a private ``mariadbd`` under
+``.sluice/mariadb`` on a free port when the binaries are installed; else one clear message
+naming the Debian package. ``PrivateMariaDB`` is reusable on its own: the chaos suite stops
+and restarts it mid-drain (same data directory, same port).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import pymysql
+
+from sluice.local.processes import LOOPBACK, ChildProcess, LocalServiceError, choose_port, wait_until
+
+MACHINE_PORT = 3306
+INSTALL_HINT = (
+    "no MariaDB found: DATABASE_URL is not set, nothing answers on 127.0.0.1:3306 and `mariadbd` is not "
+    "installed. Install the Debian package `mariadb-server` (sudo apt-get install mariadb-server), "
+    "or set DATABASE_URL=mysql://user:password@host:port/database"
+)
+
+
+class DatabaseUnavailableError(LocalServiceError):
+    """No MariaDB could be found or started."""
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    user: str
+    password: str
+    host: str
+    port: int
+    database: str
+
+    @classmethod
+    def parse(cls, url: str) -> DatabaseUrl:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql") or not parts.hostname:
+            raise DatabaseUnavailableError(f"DATABASE_URL {redact(url)!r} is not mysql://user:password@host:port/db")
+        return cls(
+            user=unquote(parts.username or "root"),
+            password=unquote(parts.password or ""),
+            host=parts.hostname,
+            port=parts.port or MACHINE_PORT,
+            database=parts.path.lstrip("/"),
+        )
+
+    def with_database(self, database: str) -> DatabaseUrl:
+        return DatabaseUrl(self.user, self.password, self.host, self.port, database)
+
+    def __str__(self) -> str:
+        auth = quote(self.user, safe="") + (f":{quote(self.password, safe='')}" if self.password else "")
+        return f"mysql://{auth}@{self.host}:{self.port}/{self.database}"
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
+def _connect(url: DatabaseUrl, timeout: int = 2) -> pymysql.connections.Connection:
+    return pymysql.connect(host=url.host, port=url.port, user=url.user, password=url.password,
+                           database=url.database or None, connect_timeout=timeout, autocommit=True)
+
+
+def answers(url: DatabaseUrl) -> bool:
+    try:
+        _connect(url.with_database(""), timeout=1).close()
+        return True
+    except pymysql.MySQLError:
+        return False
+
+
+def ensure_database(url: DatabaseUrl) -> None:
+    """Create the URL's database if it does not exist (utf8mb4)."""
+    if not url.database:
+        raise DatabaseUnavailableError("the database URL names no database")
+    try:
+        conn = _connect(url.with_database(""))
+    except pymysql.MySQLError as exc:
+        raise DatabaseUnavailableError(f"cannot connect to MariaDB at {url.host}:{url.port}: {exc}") from None
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{url.database}` CHARACTER SET utf8mb4")
+    finally:
+        conn.close()
+
+
+def migrate(url: str) -> None:
+    from sluice.migrations import apply_migrations
+
+    apply_migrations(url)
+
+
+class PrivateMariaDB:
+    """A ``mariadbd`` of our own: its data directory, socket and port, on 127.0.0.1 only.
+
+    ``start()`` initialises the data directory the first time; ``stop()`` then ``start()``
+    again restarts the same server on the same port with the same data (a DB restart).
+    """
+
+    def __init__(self, base_dir: Path, port: int | None = None) -> None:
+        self.base_dir = base_dir
+        self.datadir = base_dir / "data"
+        self.socket = base_dir / "mariadb.sock"
+        self.log_path = base_dir / "mariadbd.log"
+        self.requested_port = port
+        self.port = 0
+        self._child: ChildProcess | None = None
+
+    @staticmethod
+    def binaries() -> tuple[str, str] | None:
+        server = shutil.which("mariadbd") or shutil.which("mariadbd", path="/usr/sbin:/usr/local/sbin")
+        install = shutil.which("mariadb-install-db") or shutil.which("mariadb-install-db",
+                                                                     path="/usr/bin:/usr/local/bin")
+        return (server, install) if server and install else None
+
+    def admin_url(self) -> DatabaseUrl:
+        return DatabaseUrl("root", "", LOOPBACK, self.port, "")
+
+    def _initialise(self, install_db: str) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        argv = [install_db, "--no-defaults", f"--datadir={self.datadir}",
+                "--auth-root-authentication-method=normal", "--skip-test-db"]
+        if os.geteuid() == 0:
+            argv.append("--user=root")
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            shutil.rmtree(self.datadir, ignore_errors=True)  # never leave a half-made data directory
+            raise DatabaseUnavailableError(f"mariadb-install-db failed: {result.stderr.strip()[-500:]}")
+
+    def start(self, timeout_s: float = 60.0) -> DatabaseUrl:
+        found = self.binaries()
+        if found is None:
+            raise DatabaseUnavailableError(INSTALL_HINT)
+        server, install_db = found
+        if not (self.datadir / "mysql").is_dir():
+            self._initialise(install_db)
+        # Keep the port across restarts so URLs handed out stay valid.
+        self.port = choose_port(self.port or self.requested_port, "the private MariaDB")
+        argv = [server, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
+                f"--port={self.port}", f"--bind-address={LOOPBACK}",
+                f"--pid-file={self.base_dir / 'mariadbd.pid'}",
+                "--skip-name-resolve", "--innodb-buffer-pool-size=64M", "--max-connections=200"]
+        if os.geteuid() == 0:
+            argv.append("--user=root")
+        child = ChildProcess("mariadbd", argv, log_path=self.log_path)
+        self._child = child
+        try:
+            wait_until(lambda: answers(self.admin_url()), timeout_s,
+                       f"the private MariaDB on port {self.port}", child.alive, poll_s=0.1)
+        except LocalServiceError as exc:
+            failure = child.failure(str(exc))
+            self.stop()
+            raise DatabaseUnavailableError(str(failure)) from None
+        return self.admin_url()
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child else None
+
+    def alive(self) -> bool:
+        return self._child is not None and self._child.alive()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """A clean shutdown (SIGTERM lets InnoDB flush); SIGKILL only if it hangs."""
+        if self._child is not None:
+            self._child.stop(timeout_s)
+            self._child = None
+
+    def kill(self) -> None:
+        """SIGKILL now, like a crash (the chaos suite's DB fault); start() recovers the same data."""
+        if self._child is not None:
+            self._child.stop(timeout_s=0.0)
+            self._child = None
+
+
+@dataclass
+class LocalDatabase:
+    """The database the stack uses; ``private`` is set when the stack started its own server."""
+
+    url: str
+    source: str  # "DATABASE_URL" | "127.0.0.1:3306" | "private mariadbd"
+    private: PrivateMariaDB | None = None
+
+    def stop(self) -> None:
+        if self.private is not None:
+            self.private.stop()
+
+
+def find_database(database_name: str, private_dir: Path, *, database_url: str | None = None,
+                  run_migrations: bool = True) -> LocalDatabase:
+    """Find or start MariaDB, make sure the database exists, apply the migrations."""
+    explicit = database_url if database_url is not None else os.environ.get("DATABASE_URL", "")
+    if explicit:
+        url = DatabaseUrl.parse(explicit)
+        if not url.database:
+            url = url.with_database(database_name)
+        found = LocalDatabase(str(url), "DATABASE_URL")
+    else:
+        machine = DatabaseUrl("root", "", LOOPBACK, MACHINE_PORT, database_name)
+        if answers(machine):
+            found = LocalDatabase(str(machine), f"{LOOPBACK}:{MACHINE_PORT}")
+        else:
+            private = PrivateMariaDB(private_dir)
+            url = private.start().with_database(database_name)
+            found = LocalDatabase(str(url), "private mariadbd", private)
+    try:
+        ensure_database(DatabaseUrl.parse(found.url))
+        if run_migrations:
+            migrate(found.url)
+    except BaseException:
+        found.stop()
+        raise
+    return found
