@@ -41,8 +41,10 @@ def client(service: str, read_timeout: int | None = None) -> Any:
             config = _CLIENT_CONFIG
             if read_timeout is not None:
                 # A synchronous invoke waits as long as the function may run; no retries, because
-                # a retried RequestResponse invoke would run the worker twice.
-                config = config.merge(Config(read_timeout=read_timeout, retries={"max_attempts": 1}))
+                # a retried RequestResponse invoke would run the worker twice. botocore's
+                # "max_attempts" counts retries (1 = two calls); "total_max_attempts" counts calls.
+                config = config.merge(Config(read_timeout=read_timeout,
+                                             retries={"total_max_attempts": 1, "mode": "standard"}))
             _clients[key] = boto3.client(service, config=config)
         return _clients[key]
 
