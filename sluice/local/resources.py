@@ -1,0 +1,90 @@
+"""The AWS resources a deployment makes, made the same way on the local servers.
+
+``create_queues`` builds the FIFO queue and its FIFO dead-letter queue with the attributes
+infra/ gives them on AWS (visibility timeout, retention, redrive after max_receive_count,
+DLQ retention); ``create_db_secret`` stores the database credentials in Secrets Manager in
+the shape RDS uses, so the worker reads them locally exactly as it does on AWS.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from sluice.local.mariadb import DatabaseUrl
+from sluice.settings import Settings
+
+
+class ResourceError(RuntimeError):
+    """A queue or secret could not be created on the local servers."""
+
+
+@dataclass(frozen=True)
+class QueueUrls:
+    url: str
+    arn: str
+    dlq_url: str
+    dlq_arn: str
+
+
+def queue_attributes(settings: Settings, dlq_arn: str) -> dict[str, str]:
+    q = settings.queue
+    return {
+        "FifoQueue": "true",
+        "VisibilityTimeout": str(q.visibility_s),
+        "MessageRetentionPeriod": str(q.retention_s),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": q.max_receive_count}),
+    }
+
+
+def dlq_attributes(settings: Settings) -> dict[str, str]:
+    return {"FifoQueue": "true", "MessageRetentionPeriod": str(settings.queue.dlq_retention_days * 86400)}
+
+
+def create_queues(sqs_client: Any, settings: Settings) -> QueueUrls:
+    """Create (or find, idempotently) the FIFO queue and its FIFO DLQ named by ``settings.queue``."""
+    q = settings.queue
+    try:
+        dlq_url = _create(sqs_client, q.dlq_fifo_name, dlq_attributes(settings))
+        dlq_arn = _arn(sqs_client, dlq_url)
+        url = _create(sqs_client, q.fifo_name, queue_attributes(settings, dlq_arn))
+        return QueueUrls(url=url, arn=_arn(sqs_client, url), dlq_url=dlq_url, dlq_arn=dlq_arn)
+    except (ClientError, BotoCoreError) as exc:
+        raise ResourceError(f"cannot create the queues {q.fifo_name} / {q.dlq_fifo_name}: {exc}") from exc
+
+
+def _create(sqs_client: Any, name: str, attributes: dict[str, str]) -> str:
+    url: str = sqs_client.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    return url
+
+
+def _arn(sqs_client: Any, url: str) -> str:
+    reply = sqs_client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    arn: str = reply["Attributes"]["QueueArn"]
+    return arn
+
+
+def rds_secret(url: str) -> dict[str, Any]:
+    """The JSON an RDS-managed secret holds (what Powertools' get_secret hands the worker)."""
+    db = DatabaseUrl.parse(url)
+    return {"engine": "mariadb", "host": db.host, "port": db.port, "username": db.user,
+            "password": db.password, "dbname": db.database}
+
+
+def create_db_secret(secrets_client: Any, settings: Settings, database_url: str) -> str:
+    """Store the database credentials under ``settings.database.secret``; returns the secret's ARN."""
+    name = settings.database.secret or f"{settings.service}/{settings.stage}/database"
+    value = json.dumps(rds_secret(database_url))
+    try:
+        try:
+            arn: str = secrets_client.create_secret(Name=name, SecretString=value)["ARN"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceExistsException":
+                raise
+            arn = secrets_client.put_secret_value(SecretId=name, SecretString=value)["ARN"]
+        return arn
+    except (ClientError, BotoCoreError) as exc:
+        raise ResourceError(f"cannot create the database secret {name!r}: {exc}") from exc
