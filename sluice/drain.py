@@ -1,0 +1,313 @@
+"""The drain loop of one consumer (DESIGN.md section 4).
+
+While the time left exceeds the predicted duration of one more worker batch plus the safety
+margin, receive messages, pack them into worker batches (all of one group's messages in ONE
+batch, in order; several groups may share a batch up to ``worker.batch_size``), and invoke
+workers synchronously from a pool of this consumer's slots, never faster than its share of
+``drain.max_rate``. Stop early when the queue is empty.
+
+Why group messages are never split: SQS FIFO hands out no further message of a group while
+one is in flight, so every message of a group this consumer holds arrived in one receive,
+in order. Receiving at most ``batch_size`` messages per call keeps each such run small
+enough for one worker batch, and giving the run to one worker keeps it in order.
+
+Invariants: the loop returns before the consumer's timeout (it only starts a batch it has
+time to wait for); at return it holds no received-but-undispatched message (those are made
+visible again at once); the number of worker invocations in flight never exceeds the slots.
+
+Counting: ``received``/``dispatched``/``released`` and the outcomes count messages;
+``worker_batches``, ``throttled`` and ``invoke_errors`` count invocations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sluice.aws import AwsError, FunctionInvoker, InvokeResult, Queue, ReceivedMessage, ThrottledError
+from sluice.budget import BatchBudget
+from sluice.observability import MetricUnit, count, logger, metrics
+from sluice.ratelimit import TokenBucket
+from sluice.settings import RuntimeConfig
+
+OUTCOMES = ("done", "duplicate", "dead_lettered", "retry")
+
+
+@dataclass
+class DrainReport:
+    received: int = 0
+    dispatched: int = 0
+    succeeded: int = 0
+    duplicates: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    released: int = 0
+    throttled: int = 0
+    invoke_errors: int = 0
+    budget_ms: int = 0
+    used_ms: int = 0
+    budget_used_pct: float = 0.0
+    peak_parallel: int = 0
+    worker_batches: int = 0
+    predicted_batch_ms: int = 0
+    stopped_because: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pack_batches(messages: Sequence[ReceivedMessage], batch_size: int) -> list[list[ReceivedMessage]]:
+    """Runs of one group stay together and in order; runs are packed first-fit into batches.
+
+    A run longer than ``batch_size`` (possible only if a caller received more than that at
+    once) becomes a batch of its own rather than being split across parallel workers."""
+    runs: dict[str, list[ReceivedMessage]] = {}
+    for message in messages:
+        runs.setdefault(message.group_id, []).append(message)
+    batches: list[list[ReceivedMessage]] = []
+    for run in runs.values():
+        for batch in batches:
+            if len(batch) + len(run) <= batch_size:
+                batch.extend(run)
+                break
+        else:
+            batches.append(list(run))
+    return batches
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    kind: str  # "ok" | "throttled" | "error"
+    result: InvokeResult | None = None
+    error: str = ""
+
+
+class Drainer:
+    def __init__(
+        self,
+        queue: Queue,
+        invoker: FunctionInvoker,
+        *,
+        remaining_ms: Callable[[], float],
+        slots: int,
+        max_rate: float,
+        batch_size: int = 10,
+        wait_s: int = 1,
+        safety_margin_ms: float = 5000,
+        worker_timeout_ms: float = 30000,
+        budget: BatchBudget | None = None,
+        bucket: TokenBucket | None = None,
+        queue_arn: str | None = None,
+        throttle_backoff_s: float = 0.2,
+        max_throttle_backoff_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if slots < 1 or not 1 <= batch_size <= 10:
+            raise ValueError(f"slots must be >= 1 and batch_size 1..10 (got {slots}, {batch_size})")
+        self.queue = queue
+        self.invoker = invoker
+        self.remaining_ms = remaining_ms
+        self.slots = slots
+        self.batch_size = batch_size
+        self.wait_s = wait_s
+        self.safety_margin_ms = safety_margin_ms
+        self.budget = budget or BatchBudget(worker_timeout_ms)
+        # A burst of one full batch, so a batch never waits for tokens it can never have.
+        burst = max(float(batch_size), max_rate / 10)
+        self.bucket = bucket or TokenBucket(max_rate, burst, clock=clock, sleep=sleep)
+        self._queue_arn = queue_arn
+        self.throttle_backoff_s = throttle_backoff_s
+        self.max_throttle_backoff_s = max_throttle_backoff_s
+        self._clock = clock
+        self._sleep = sleep
+
+    @classmethod
+    def from_config(
+        cls,
+        config: RuntimeConfig,
+        remaining_ms: Callable[[], float],
+        *,
+        queue: Queue | None = None,
+        invoker: FunctionInvoker | None = None,
+        budget: BatchBudget | None = None,
+        queue_arn: str | None = None,
+    ) -> Drainer:
+        return cls(
+            queue or Queue(config.queue_url),
+            invoker or FunctionInvoker(config.worker_function, config.worker_timeout_s),
+            remaining_ms=remaining_ms,
+            slots=config.slots_per_consumer,
+            max_rate=config.max_rate / config.consumers,
+            batch_size=config.batch_size,
+            wait_s=config.wait_s,
+            safety_margin_ms=config.safety_margin_ms,
+            worker_timeout_ms=config.worker_timeout_s * 1000,
+            budget=budget,
+            queue_arn=queue_arn,
+        )
+
+    # -- time ---------------------------------------------------------------------------
+    def _time_for(self, extra_ms: float = 0) -> bool:
+        """Is there time to start one more batch (after ``extra_ms`` of long polling)?"""
+        return self.remaining_ms() > self.budget.predict_ms() + self.safety_margin_ms + extra_ms
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self) -> DrainReport:
+        report = DrainReport(budget_ms=int(self.remaining_ms()))
+        started = self._clock()
+        pending: list[ReceivedMessage] = []
+        in_flight: dict[Future[_Outcome], list[ReceivedMessage]] = {}
+        backoff_s = 0.0
+        backoff_until = 0.0
+        pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="sluice-worker-slot")
+        try:
+            arn = self._queue_arn if self._queue_arn is not None else self.queue.arn
+            while True:
+                for future in [f for f in in_flight if f.done()]:
+                    backoff_s = self._settle(future.result(), in_flight.pop(future), report, backoff_s)
+                    if backoff_s:
+                        backoff_until = self._clock() + backoff_s
+                if not self._time_for():
+                    report.stopped_because = "budget"
+                    break
+                now = self._clock()
+                if now < backoff_until:
+                    self._wait_any(in_flight, backoff_until - now)
+                    continue
+                free = self.slots - len(in_flight)
+                if free == 0:
+                    self._wait_any(in_flight, None)
+                    continue
+                room = self.batch_size * free - len(pending)
+                short = room <= 0
+                if room > 0:
+                    asked = min(self.batch_size, room)
+                    idle = not in_flight and not pending
+                    # Long-poll only when nothing else needs us; otherwise a finished worker
+                    # would sit unnoticed for up to wait_s.
+                    wait_s = self.wait_s if idle and self._time_for(self.wait_s * 1000) else 0
+                    received = self.queue.receive(asked, wait_s=wait_s)
+                    report.received += len(received)
+                    pending.extend(received)
+                    short = len(received) < asked
+                    if not received and not pending:
+                        if not in_flight:
+                            report.stopped_because = "queue_empty"
+                            break
+                        # Groups held by running workers stay hidden until they finish.
+                        self._wait_any(in_flight, None)
+                        continue
+                if short or len(pending) >= self.batch_size:
+                    for batch in pack_batches(pending, self.batch_size)[:free]:
+                        if not self._time_for():
+                            break
+                        wait = self.bucket.reserve(len(batch))
+                        if wait > 0:
+                            self._sleep(wait)
+                        for message in batch:
+                            pending.remove(message)
+                        in_flight[pool.submit(self._invoke, batch, arn)] = batch
+                        report.dispatched += len(batch)
+                        report.worker_batches += 1
+                        report.peak_parallel = max(report.peak_parallel, len(in_flight))
+        except AwsError as exc:
+            report.stopped_because = f"sqs_error: {exc}"
+            logger.error("drain stopped on an SQS error", extra={"error": str(exc)})
+        finally:
+            # Invariant: hold nothing undispatched; then wait for the workers we started.
+            self._release(pending, report)
+            for future, batch in list(in_flight.items()):
+                self._settle(future.result(), batch, report, 0.0)
+            pool.shutdown(wait=True)
+            report.used_ms = int((self._clock() - started) * 1000)
+            if report.budget_ms:
+                report.budget_used_pct = round(100 * report.used_ms / report.budget_ms, 1)
+            report.predicted_batch_ms = int(self.budget.predict_ms())
+        self._publish(report)
+        return report
+
+    def _wait_any(
+        self, in_flight: dict[Future[_Outcome], list[ReceivedMessage]], timeout: float | None
+    ) -> None:
+        if in_flight:
+            wait(list(in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
+        elif timeout:
+            self._sleep(timeout)
+
+    def _invoke(self, batch: list[ReceivedMessage], arn: str) -> _Outcome:
+        payload = {"Records": [m.to_sqs_record(arn) for m in batch], "queueUrl": self.queue.url}
+        try:
+            return _Outcome("ok", self.invoker.invoke(payload))
+        except ThrottledError as exc:
+            return _Outcome("throttled", error=str(exc))
+        except Exception as exc:  # any failure leaves the messages in flight: safe, never lost
+            return _Outcome("error", error=f"{type(exc).__name__}: {exc}")
+
+    def _settle(self, outcome: _Outcome, batch: list[ReceivedMessage], report: DrainReport,
+                backoff_s: float) -> float:
+        """Account for one finished invocation; returns the throttle backoff to apply next."""
+        if outcome.kind == "throttled":
+            report.throttled += 1
+            logger.warning("worker throttled; releasing its messages", extra={"messages": len(batch)})
+            self._release(batch, report)
+            return min(self.max_throttle_backoff_s, max(self.throttle_backoff_s, backoff_s * 2))
+        result = outcome.result
+        if outcome.kind == "error" or result is None or result.function_error or not isinstance(
+            result.payload, dict
+        ):
+            # Function error or timeout: the messages stay in flight until their visibility
+            # timeout, then SQS counts the receive and eventually moves them to the DLQ.
+            report.invoke_errors += 1
+            detail = outcome.error or (result.payload if result is not None else "")
+            logger.error("worker invoke failed; its messages stay in flight",
+                         extra={"messages": len(batch), "error": str(detail)[:1000]})
+            if result is not None:
+                self.budget.record(result.duration_ms)
+            return backoff_s
+        self.budget.record(result.duration_ms)
+        count_by_outcome = {name: 0 for name in OUTCOMES}
+        seen: set[str] = set()
+        for row in result.payload.get("results") or []:
+            if isinstance(row, dict) and row.get("outcome") in count_by_outcome:
+                count_by_outcome[row["outcome"]] += 1
+                seen.add(str(row.get("messageId")))
+        failures = {str(f.get("itemIdentifier")) for f in result.payload.get("batchItemFailures") or []
+                    if isinstance(f, dict)}
+        for message in batch:
+            if message.message_id not in seen:
+                # SQS partial-batch semantics: listed as a failure -> retried, else succeeded.
+                count_by_outcome["retry" if message.message_id in failures else "done"] += 1
+        report.succeeded += count_by_outcome["done"]
+        report.duplicates += count_by_outcome["duplicate"]
+        report.dead_lettered += count_by_outcome["dead_lettered"]
+        report.retried += count_by_outcome["retry"]
+        return 0.0
+
+    def _release(self, messages: list[ReceivedMessage], report: DrainReport) -> None:
+        if not messages:
+            return
+        try:
+            refused = self.queue.release([m.receipt_handle for m in messages])
+        except AwsError as exc:
+            refused = [m.receipt_handle for m in messages]
+            logger.error("could not release messages; they reappear after the visibility timeout",
+                         extra={"messages": len(messages), "error": str(exc)})
+        report.released += len(messages) - len(refused)
+        messages.clear()
+
+    @staticmethod
+    def _publish(report: DrainReport) -> None:
+        logger.info("drain finished", extra={"drain": report.to_dict()})
+        for name in ("received", "dispatched", "released", "throttled", "invoke_errors", "worker_batches"):
+            count(name, getattr(report, name))
+        count("done", report.succeeded)
+        count("duplicate", report.duplicates)
+        count("dead_lettered", report.dead_lettered)
+        count("retried", report.retried)
+        metrics.add_metric(name="drain_budget_used_pct", unit=MetricUnit.Percent,
+                           value=report.budget_used_pct)
+        metrics.add_metric(name="peak_parallel", unit=MetricUnit.Count, value=report.peak_parallel)
