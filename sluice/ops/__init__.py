@@ -1,0 +1,1 @@
+"""Operator logic behind `sluice status | dlq | plan | send | drain`: plain Python, no CLI code."""

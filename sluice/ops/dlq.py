@@ -1,0 +1,268 @@
+"""Dead-letter queue operations: list, redrive (FIFO-safe) and purge.
+
+SQS has no peek: a message is read by receiving it, which hides it for the visibility
+timeout and, on a FIFO queue, hides the rest of its group behind it. So ``list`` receives
+with a short visibility and releases every message at once when done; what sits behind a
+listed message in the same group cannot be seen in that pass and is counted as "not shown".
+
+``redrive`` re-sends one message at a time to the source queue with the SAME group id
+(order within a group holds) and a FRESH deduplication id (the original one may still be in
+SQS's 5-minute dedup window, which would silently drop the re-send), and deletes it from the
+DLQ only after the re-send succeeded. The fresh id is derived from the DLQ message id, so a
+redrive interrupted between send and delete and run again within the window is deduplicated
+by SQS instead of enqueued twice. The worker's ledger is keyed by task+key, not by the SQS
+dedup id, and a dead-lettered item never got a ledger row: a redriven item applies once if
+it never applied, and is only deleted if it somehow did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sluice.aws import AwsError, OutgoingMessage, Queue, ReceivedMessage
+from sluice.envelope import Envelope, EnvelopeError
+
+# Message attributes the worker writes when it dead-letters a message (sluice.work).
+REASON_ATTRIBUTES = ("sluice.reason", "sluice_reason", "reason")
+ATTEMPTS_ATTRIBUTES = ("sluice.attempts", "sluice_attempts", "attempts", "receive_count")
+DEAD_LETTERED_AT_ATTRIBUTES = ("sluice.dead_lettered_at", "sluice_dead_lettered_at", "dead_lettered_at")
+# Attributes that describe the dead-lettering; a redriven message starts without them.
+_DLQ_ONLY_ATTRIBUTES = frozenset(REASON_ATTRIBUTES + ATTEMPTS_ATTRIBUTES + DEAD_LETTERED_AT_ATTRIBUTES) | {
+    "sluice.source_message_id", "sluice_source_message_id", "source_message_id", "error_type",
+    "sluice.error_type",
+}
+MOVED_BY_SQS = "moved by SQS after too many receives (maxReceiveCount): the worker never finished it"
+# Seconds a listed message stays hidden at most if `list` dies before releasing it.
+LIST_VISIBILITY_S = 20
+REDRIVE_VISIBILITY_S = 60
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    message_id: str
+    group: str
+    task: str
+    key: str
+    reason: str
+    attempts: int | None
+    enqueued_at: str
+    dead_lettered_at: str
+    age_s: float | None
+    body: str = field(repr=False)
+    receipt_handle: str = field(repr=False)
+    message_attributes: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"message_id": self.message_id, "group": self.group, "task": self.task, "key": self.key,
+                "reason": self.reason, "attempts": self.attempts, "enqueued_at": self.enqueued_at,
+                "dead_lettered_at": self.dead_lettered_at, "age_s": self.age_s}
+
+
+def _attribute(message: ReceivedMessage, names: tuple[str, ...]) -> str:
+    for name in names:
+        value = message.message_attributes.get(name)
+        if value and value.get("StringValue") is not None:
+            return str(value["StringValue"])
+    return ""
+
+
+def _parse_time(text: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return datetime.fromtimestamp(float(text) / (1000 if float(text) > 1e11 else 1), UTC)
+        except ValueError:
+            return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def describe(message: ReceivedMessage, now: datetime | None = None) -> DeadLetter:
+    now = now or datetime.now(UTC)
+    try:
+        envelope: Envelope | None = Envelope.from_body(message.body)
+    except EnvelopeError:
+        envelope = None
+    reason = _attribute(message, REASON_ATTRIBUTES) or MOVED_BY_SQS
+    attempts_text = _attribute(message, ATTEMPTS_ATTRIBUTES)
+    attempts = int(attempts_text) if attempts_text.isdigit() else None
+    dead_at = _parse_time(_attribute(message, DEAD_LETTERED_AT_ATTRIBUTES))
+    if dead_at is None and message.sent_timestamp_ms:
+        dead_at = datetime.fromtimestamp(message.sent_timestamp_ms / 1000, UTC)
+    enqueued = _parse_time(envelope.enqueued_at) if envelope else None
+    oldest = enqueued or dead_at
+    return DeadLetter(
+        message_id=message.message_id,
+        group=message.group_id,
+        task=envelope.task if envelope else "?",
+        key=envelope.key if envelope else "?",
+        reason=reason if envelope else f"{reason} (body is not a sluice envelope)",
+        attempts=attempts,
+        enqueued_at=envelope.enqueued_at if envelope else "",
+        dead_lettered_at=dead_at.isoformat(timespec="seconds") if dead_at else "",
+        age_s=round((now - oldest).total_seconds(), 1) if oldest else None,
+        body=message.body,
+        receipt_handle=message.receipt_handle,
+        message_attributes=dict(message.message_attributes),
+    )
+
+
+def depth(queue: Queue) -> int:
+    attributes = queue.attributes(["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
+    return int(attributes.get("ApproximateNumberOfMessages", 0)) + int(
+        attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
+
+
+@dataclass
+class Listing:
+    letters: list[DeadLetter]
+    depth: int
+
+    @property
+    def not_shown(self) -> int:
+        return max(0, self.depth - len(self.letters))
+
+
+def list_dead_letters(dlq: Queue, limit: int = 100, empty_receives: int = 2) -> Listing:
+    """Receive up to ``limit`` messages with a short visibility, describe them, release them all."""
+    total = depth(dlq)
+    held: list[ReceivedMessage] = []
+    seen: set[str] = set()
+    empties = 0
+    try:
+        while len(held) < limit and empties < empty_receives:
+            batch = dlq.receive(max_messages=min(10, limit - len(held)), wait_s=0,
+                                visibility_s=LIST_VISIBILITY_S)
+            fresh = [m for m in batch if m.message_id not in seen]
+            if not fresh:
+                empties += 1
+                continue
+            empties = 0
+            for m in fresh:
+                seen.add(m.message_id)
+                held.append(m)
+    finally:
+        if held:
+            dlq.release(m.receipt_handle for m in held)
+    return Listing(letters=[describe(m) for m in held], depth=total)
+
+
+def redrive_dedup_id(letter: DeadLetter) -> str:
+    """Fresh for SQS (differs from the original task:key hash), stable for one DLQ message."""
+    return hashlib.sha256(f"redrive:{letter.message_id}:{letter.task}:{letter.key}".encode()).hexdigest()
+
+
+@dataclass
+class RedriveReport:
+    dry_run: bool
+    redriven: list[DeadLetter] = field(default_factory=list)
+    skipped: int = 0
+    failed: list[tuple[DeadLetter, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "redriven" if not self.dry_run else "would_redrive": [x.to_dict() for x in self.redriven],
+            "count": len(self.redriven),
+            "skipped": self.skipped,
+            "failed": [{**x.to_dict(), "error": e} for x, e in self.failed],
+        }
+
+
+Selector = Callable[[DeadLetter], bool]
+
+
+def select(*, everything: bool = False, key: str | None = None, since: datetime | None = None) -> Selector:
+    def chosen(letter: DeadLetter) -> bool:
+        if everything:
+            return True
+        if key is not None and letter.key != key:
+            return False
+        if since is not None:
+            at = _parse_time(letter.dead_lettered_at)
+            if at is None or at < since:
+                return False
+        return key is not None or since is not None
+
+    return chosen
+
+
+def redrive(dlq: Queue, source: Queue, chosen: Selector, *, dry_run: bool = False,
+            limit: int | None = None, empty_receives: int = 2) -> RedriveReport:
+    """Move the chosen dead letters back to ``source``; see the module docstring for the guarantees."""
+    report = RedriveReport(dry_run=dry_run)
+    held: list[ReceivedMessage] = []  # received, not moved: released at the end
+    seen: set[str] = set()
+    empties = 0
+    try:
+        while empties < empty_receives and (limit is None or len(report.redriven) < limit):
+            batch = [m for m in dlq.receive(max_messages=10, wait_s=0, visibility_s=REDRIVE_VISIBILITY_S)
+                     if m.message_id not in seen]
+            if not batch:
+                empties += 1
+                continue
+            empties = 0
+            for message in batch:
+                seen.add(message.message_id)
+                letter = describe(message)
+                if dry_run or not chosen(letter) or (limit is not None and len(report.redriven) >= limit):
+                    if chosen(letter) and dry_run:
+                        report.redriven.append(letter)
+                    else:
+                        report.skipped += 1
+                    held.append(message)
+                    continue
+                try:
+                    _move(letter, source)
+                except AwsError as exc:
+                    report.failed.append((letter, str(exc)))
+                    held.append(message)
+                    continue
+                # Only now is it safe to drop the dead letter: the item is back in the source queue.
+                try:
+                    dlq.delete(message.receipt_handle)
+                except AwsError as exc:
+                    note = "re-sent but not deleted from the DLQ (a redrive within 5 min is deduplicated)"
+                    report.failed.append((letter, f"{note}: {exc}"))
+                    continue
+                report.redriven.append(letter)
+    finally:
+        if held:
+            dlq.release(m.receipt_handle for m in held)
+    return report
+
+
+def _move(letter: DeadLetter, source: Queue) -> None:
+    attributes = {
+        name: value["StringValue"]
+        for name, value in letter.message_attributes.items()
+        if name not in _DLQ_ONLY_ATTRIBUTES and value.get("DataType", "String").startswith("String")
+        and value.get("StringValue") is not None
+    }
+    attributes["sluice.redriven_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    source.send(OutgoingMessage(id="0", body=letter.body, group_id=letter.group,
+                                dedup_id=redrive_dedup_id(letter), attributes=attributes))
+
+
+def purge(dlq: Queue) -> int:
+    """Delete every message in the DLQ; returns how many there were."""
+    count = depth(dlq)
+    dlq.purge()
+    return count
+
+
+def wait_until_empty(queue: Queue, timeout_s: float) -> bool:
+    """Poll until the queue holds nothing (visible or in flight), or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if depth(queue) == 0:
+            return True
+        time.sleep(0.2)
+    return depth(queue) == 0
