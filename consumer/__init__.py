@@ -1,0 +1,1 @@
+"""The consumer Lambda: a scheduled tick -> sluice.drain."""

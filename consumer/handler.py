@@ -1,0 +1,67 @@
+"""lambda_handler for the consumer: any event (normally an EventBridge schedule) -> one drain.
+
+The time budget is the Lambda's own: ``context.get_remaining_time_in_millis``. Queue,
+invoker, queue ARN and the measured worker durations live for the container, so a warm
+consumer starts with a prediction learned by the drains before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from sluice.aws import FunctionInvoker, Queue
+from sluice.budget import BatchBudget
+from sluice.drain import Drainer
+from sluice.observability import logger, metrics
+from sluice.settings import RuntimeConfig
+
+
+@dataclass
+class _Container:
+    config: RuntimeConfig
+    queue: Queue
+    invoker: FunctionInvoker
+    budget: BatchBudget
+    queue_arn: str = ""
+
+
+_container: _Container | None = None
+
+
+def get_container() -> _Container:
+    global _container
+    if _container is None:
+        config = RuntimeConfig.from_env()
+        _container = _Container(
+            config=config,
+            queue=Queue(config.queue_url),
+            invoker=FunctionInvoker(config.worker_function, config.worker_timeout_s),
+            budget=BatchBudget(config.worker_timeout_s * 1000),
+        )
+    if not _container.queue_arn:
+        _container.queue_arn = _container.queue.arn
+    return _container
+
+
+def reset() -> None:
+    """Forget the cached dependencies (tests change the environment between cases)."""
+    global _container
+    _container = None
+
+
+@logger.inject_lambda_context(clear_state=True)
+@metrics.log_metrics
+def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    deps = get_container()
+    drainer = Drainer.from_config(
+        deps.config,
+        context.get_remaining_time_in_millis,
+        queue=deps.queue,
+        invoker=deps.invoker,
+        budget=deps.budget,
+        queue_arn=deps.queue_arn,
+    )
+    return drainer.run().to_dict()

@@ -1,0 +1,1 @@
+"""The enqueuer Lambda: HTTP API (POST /jobs) or direct invoke -> sluice.enqueue."""
