@@ -41,5 +41,14 @@ lint: $(PYSTAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# Benchmarks print ratios measured side by side in one run (bench/results/latest.json + PNG).
+BENCHSTAMP := $(VENV)/.bench-stamp
+bench: $(BENCHSTAMP) $(NODESTAMP)
+	$(PY) -m bench
+
+$(BENCHSTAMP): $(PYSTAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	@touch $@
+
 clean:
 	rm -rf .serverless .sluice .pytest_cache .mypy_cache .ruff_cache bench/results/*.json bench/results/*.png
