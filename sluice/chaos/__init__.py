@@ -1,0 +1,1 @@
+"""Fault injection for the reliability suite (tests/chaos): nothing here runs in a Lambda."""
