@@ -16,6 +16,9 @@ _COMMAND_MODULES: tuple[tuple[str, str], ...] = (
     ("sluice.cli.db_cmd", "register"),
     ("sluice.cli.local_cmd", "register"),
     ("sluice.cli.ops_cmd", "register"),
+    ("sluice.cli.dlq_cmd", "register"),
+    ("sluice.cli.plan_cmd", "register"),
+    ("sluice.cli.demo_cmd", "register"),
 )
 
 for _module, _hook in _COMMAND_MODULES:

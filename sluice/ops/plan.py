@@ -97,6 +97,8 @@ class Limit:
     used: float
     limit: float
     note: str
+    # False: a setting checked against a quota (it does not grow with the volume).
+    grows_with_volume: bool = True
 
     @property
     def ratio(self) -> float:
@@ -143,7 +145,10 @@ class Plan:
 
     @property
     def breaks_first(self) -> Limit:
-        return max(self.limits, key=lambda limit: limit.ratio)
+        """A setting already past its quota, else the volume-driven limit nearest to its end."""
+        broken = [x for x in self.limits if x.broken]
+        candidates = broken or [x for x in self.limits if x.grows_with_volume]
+        return max(candidates, key=lambda limit: limit.ratio)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -275,11 +280,12 @@ def make_plan(i: PlanInputs) -> Plan:
         Limit("FIFO receive+delete TPS", drain_rate / 10 + drain_rate * DELETES_PER_ITEM, 2 * i.fifo_tps,
               f"ReceiveMessage and DeleteMessage calls/s while draining ({i.fifo_tps}/s per action)"),
         Limit("FIFO send TPS", i.enqueue_max_tps, i.fifo_tps,
-              "queue.max_tps SendMessageBatch calls/s the enqueuer allows itself"),
+              "queue.max_tps SendMessageBatch calls/s the enqueuer allows itself", grows_with_volume=False),
         Limit("FIFO in-flight messages", in_flight, FIFO_IN_FLIGHT_LIMIT,
               "cap x batch size received and not yet deleted, plus a receive per consumer"),
         Limit("worker reserved concurrency", i.cap, i.reserved_concurrency,
-              "cap vs worker.reserved_concurrency (above it, invokes are throttled)"),
+              "cap vs worker.reserved_concurrency (above it, invokes are throttled)",
+              grows_with_volume=False),
         Limit("account concurrency", i.cap + i.consumers, i.account_concurrency,
               "workers + consumers vs the account's concurrent executions (enqueuer not counted)"),
         Limit("DB connections", i.cap, i.db_max_connections,

@@ -1,0 +1,91 @@
+"""`sluice plan`: capacity and cost of a daily volume (no AWS call; settings + price table)."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from sluice.cli.common import EXIT_USAGE, CliError, JsonOption, StageOption, command, console, emit_json
+from sluice.ops.plan import PlanError, inputs_from_settings, make_plan
+from sluice.ops.prices import PRICES_READ_ON, PRICES_REGION
+from sluice.settings import load_settings
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:,.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.1f} min"
+    return f"{seconds / 3600:,.2f} h"
+
+
+@command
+def plan(
+    items_per_day: int = typer.Option(..., "--items-per-day", help="Work items enqueued per day."),
+    worker_ms: float = typer.Option(..., "--worker-ms", help="Milliseconds a worker spends on one item."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Items per worker call [worker.batch_size]."),
+    cap: int = typer.Option(None, "--cap", help="Worker invocations in flight at once [drain.max_parallel]."),
+    items_per_request: int = typer.Option(None, "--items-per-request", help="Items per enqueue call [100]."),
+    payload_kb: float = typer.Option(1.0, "--payload-kb", help="Size of one item's message in KB."),
+    dead_letter_rate: float = typer.Option(0.0, "--dead-letter-rate", help="Fraction dead-lettered."),
+    within_hours: float = typer.Option(24.0, "--within-hours", help="A day's items must drain within this."),
+    invoke_overhead_ms: float = typer.Option(0.0, "--invoke-overhead-ms", help="Latency added per invoke."),
+    db_max_connections: int = typer.Option(None, "--db-max-connections", help="DB max_connections."),
+    account_concurrency: int = typer.Option(None, "--account-concurrency", help="Lambda concurrency quota."),
+    fifo_tps: int = typer.Option(None, "--fifo-tps", help="FIFO transactions/s per API action [300]."),
+    stage: str = StageOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Drain time, needed cap, Lambda GB-s, requests and dollars for a daily volume; what breaks first."""
+    settings = load_settings(stage)
+    try:
+        result = make_plan(inputs_from_settings(
+            settings, items_per_day, worker_ms, batch_size=batch_size, cap=cap,
+            items_per_request=items_per_request, payload_kb=payload_kb, dead_letter_rate=dead_letter_rate,
+            within_hours=within_hours, invoke_overhead_ms=invoke_overhead_ms,
+            db_max_connections=db_max_connections, account_concurrency=account_concurrency, fifo_tps=fifo_tps,
+        ))
+    except PlanError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if as_json:
+        emit_json({"stage": stage, **result.to_dict()})
+        return
+    i = result.inputs
+    console.print(f"[bold]Plan for {i.items_per_day:,} items/day at {i.worker_ms:g} ms/item[/bold] "
+                  f"(stage {stage}: cap {i.cap}, batch {i.batch_size}, worker {i.worker_memory_mb} MB)")
+    drain = Table(title="Drain", show_header=False)
+    drain.add_row("drain rate", f"{result.drain_rate:,.1f} items/s (bound by {result.drain_bound_by})")
+    drain.add_row("draining time for a day's items", _duration(result.drain_time_s))
+    drain.add_row(f"wall time (consumer runs {result.duty:.0%} of it)", _duration(result.wall_time_s))
+    drain.add_row(f"cap needed to drain within {i.within_hours:g} h",
+                  str(result.needed_cap) if result.needed_cap is not None else "none suffices (see limits)")
+    console.print(drain)
+    usage = Table(title="Per day")
+    usage.add_column("what")
+    usage.add_column("amount", justify="right")
+    usage.add_column("USD", justify="right")
+    usd = result.usd_per_day
+    gb = ", ".join(f"{k} {v:,.0f}" for k, v in result.gb_seconds.items())
+    sqs = ", ".join(f"{k} {v:,}" for k, v in result.sqs_requests.items())
+    usage.add_row("Lambda requests", f"{result.lambda_requests:,}", f"{usd['lambda_requests']:.4f}")
+    usage.add_row(f"Lambda GB-s ({gb})", f"{result.total_gb_seconds:,.1f}", f"{usd['lambda_duration']:.4f}")
+    usage.add_row(f"SQS FIFO requests ({sqs})", f"{result.total_sqs_requests:,}", f"{usd['sqs']:.4f}")
+    usage.add_row("HTTP API requests", f"{result.enqueue_requests:,}", f"{usd['http_api']:.4f}")
+    usage.add_row("[bold]total[/bold]", "", f"[bold]{result.total_usd_per_day:.4f}[/bold]")
+    console.print(usage)
+    console.print(f"[bold]${result.usd_per_million_items:.4f} per million items[/bold] "
+                  f"(list prices, {PRICES_REGION}, read {PRICES_READ_ON}, no free tier)")
+    limits = Table(title="Limits, nearest first")
+    for name in ("limit", "used", "of", "%", "note"):
+        limits.add_column(name)
+    for x in sorted(result.limits, key=lambda x: x.ratio, reverse=True):
+        style = "red" if x.broken else ("yellow" if x.ratio > 0.7 else "")
+        limits.add_row(x.name, f"{x.used:,.1f}", f"{x.limit:,.0f}", f"{x.ratio:.0%}", x.note, style=style)
+    console.print(limits)
+    first = result.breaks_first
+    verdict = "BROKEN" if first.broken else "breaks first"
+    console.print(f"{verdict}: [bold]{first.name}[/bold] at {first.ratio:.0%} of its limit")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan)

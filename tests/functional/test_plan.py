@@ -1,0 +1,114 @@
+"""`sluice plan` against a case computed by hand (no services needed).
+
+The hand computation, for config/dev.yml (cap 4, batch 10, 256 MB everywhere, rate(1 minute),
+consumer timeout 60 s with a 5 s margin, long poll 1 s, max_rate 200, 100 items per enqueue
+request) at 1,000,000 items/day, 50 ms/item, 1% dead-lettered:
+
+* one slot: 10 items per 500 ms = 20 items/s; 4 slots = 80 items/s, below max_rate 200, FIFO
+  receives (3,000/s) and deletes (300/s): the cap binds. 1e6 / 80 = 12,500 s of draining.
+  A consumer drains 55 s of each 60 s tick: duty 11/12, wall time 13,636.36 s.
+* needed cap for 24 h: ceil(1e6 / (86,400 * 11/12 * 20)) = ceil(0.631) = 1.
+* Lambda requests: 10,000 enqueuer + 1,440 ticks + 100,000 worker calls = 111,440.
+* SQS: 100,000 SendMessageBatch + (100,000 + 1,440) receives + 1,000,000 deletes
+  + 10,000 DLQ sends = 1,211,440.
+* GB-s: worker 1e6 * 0.05 s * 0.25 GB = 12,500; consumer (12,500 s + idle ticks
+  (1,440 - ceil(12,500/55) = 1,212) * 1 s) * 0.25 = 3,428; enqueuer 10,000 * 0.2 s * 0.25 = 500.
+* USD: 111,440 * 0.20e-6 = 0.022288; 16,428 * 0.0000166667 = 0.27380054;
+  1,211,440 * 0.50e-6 = 0.60572; 10,000 * 1e-6 = 0.01; total 0.91180854 per day and per
+  million items (the day holds exactly a million).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sluice.cli import app
+from sluice.ops.plan import PlanError, PlanInputs, make_plan
+
+pytestmark = pytest.mark.functional
+
+HAND = {
+    "drain_rate": 80.0,
+    "drain_time_s": 12_500.0,
+    "wall_time_s": 12_500 * 12 / 11,
+    "needed_cap": 1,
+    "lambda_requests": 111_440,
+    "sqs": {"send_message_batch": 100_000, "receive_message": 101_440, "delete_message": 1_000_000,
+            "dlq_send_message": 10_000},
+    "gb_seconds": {"worker": 12_500.0, "consumer": 3_428.0, "enqueuer": 500.0},
+    "usd_total": 0.022288 + 16_428 * 0.0000166667 + 0.60572 + 0.01,
+}
+
+
+def test_plan_matches_the_hand_computed_case() -> None:
+    # GIVEN the inputs of the hand computation in this module's docstring
+    inputs = PlanInputs(items_per_day=1_000_000, worker_ms=50, dead_letter_rate=0.01)
+    # WHEN the plan is made
+    plan = make_plan(inputs)
+    # THEN every number matches the hand computation
+    assert plan.drain_rate == pytest.approx(HAND["drain_rate"])
+    assert plan.drain_bound_by == "worker slots (cap)"
+    assert plan.drain_time_s == pytest.approx(HAND["drain_time_s"])
+    assert plan.wall_time_s == pytest.approx(HAND["wall_time_s"])
+    assert plan.needed_cap == HAND["needed_cap"]
+    assert plan.lambda_requests == HAND["lambda_requests"]
+    assert plan.sqs_requests == HAND["sqs"]
+    assert plan.gb_seconds == pytest.approx(HAND["gb_seconds"])
+    assert plan.total_usd_per_day == pytest.approx(HAND["usd_total"])
+    assert plan.usd_per_million_items == pytest.approx(HAND["usd_total"])
+    # AND nothing is broken; the volume limit nearest its end is the drain window (13,636 s of 86,400)
+    assert not [x.name for x in plan.limits if x.broken]
+    assert plan.breaks_first.name == "drain within window"
+
+
+def test_cli_plan_json_uses_the_stage_settings_and_gives_the_same_numbers() -> None:
+    # GIVEN config/dev.yml, whose settings are the hand case's defaults
+    runner = CliRunner()
+    # WHEN `sluice plan --json` runs
+    result = runner.invoke(app, ["plan", "--items-per-day", "1000000", "--worker-ms", "50",
+                                 "--dead-letter-rate", "0.01", "--stage", "dev", "--json"])
+    # THEN it succeeds with the hand-computed numbers and names the price table's date and region
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["drain"]["needed_cap"] == 1
+    assert body["requests_per_day"]["sqs_total"] == sum(HAND["sqs"].values())
+    assert body["usd_per_million_items"] == pytest.approx(HAND["usd_total"])
+    assert body["prices"]["region"] == "us-east-1" and body["prices"]["read_on"]
+
+
+def test_fifo_delete_tps_binds_a_large_cap_and_no_cap_drains_a_huge_day() -> None:
+    # GIVEN 40 slots of 10 ms items and max_rate out of the way: slots could do 4,000 items/s
+    inputs = PlanInputs(items_per_day=100_000_000, worker_ms=10, cap=40, reserved_concurrency=40,
+                        max_rate=10_000)
+    # WHEN the plan is made
+    plan = make_plan(inputs)
+    # THEN per-message deletes at 300 TPS bind, 100 M items cannot drain in a day at any cap,
+    # and that is what breaks first
+    assert plan.drain_bound_by == "FIFO delete TPS"
+    assert plan.drain_rate == 300
+    assert plan.needed_cap is None
+    assert plan.breaks_first.name == "drain within window"
+    assert plan.breaks_first.broken
+
+
+def test_cap_above_reserved_concurrency_is_flagged_as_broken() -> None:
+    # GIVEN a cap of 8 while the worker may only run 4 at once
+    plan = make_plan(PlanInputs(items_per_day=1000, worker_ms=10, cap=8, reserved_concurrency=4))
+    # THEN the setting is reported as broken before any volume-driven limit
+    assert plan.breaks_first.name == "worker reserved concurrency"
+    assert plan.breaks_first.broken
+
+
+def test_bad_inputs_are_refused_with_the_reason() -> None:
+    # GIVEN inputs out of range
+    # WHEN a plan is asked for / THEN a PlanError names each bad option
+    with pytest.raises(PlanError, match="--batch-size"):
+        make_plan(PlanInputs(items_per_day=10, worker_ms=5, batch_size=11))
+    # AND the CLI turns it into a one-line usage error, exit code 2, no traceback
+    result = CliRunner().invoke(app, ["plan", "--items-per-day", "0", "--worker-ms", "5", "--stage", "dev"])
+    assert result.exit_code == 2
+    assert "--items-per-day must be at least 1" in result.output
+    assert "Traceback" not in result.output
