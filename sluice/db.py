@@ -60,6 +60,10 @@ class TransientDbError(DbError):
     """The database could not do it now (down, timeout, deadlock, ...); retry later."""
 
 
+class DbUnavailableError(TransientDbError):
+    """No connection could be made (server down, unreachable, refusing, or credentials unreadable)."""
+
+
 class DbConfigError(DbError):
     """The database URL or secret is malformed."""
 
@@ -291,7 +295,7 @@ class Database:
             except TransientDbError as exc:
                 if exc.code == 1045:
                     self._refetch_secret = True  # rotated password: read the secret again next time
-                raise
+                raise DbUnavailableError(f"cannot connect to the database: {exc}", exc.code) from exc
         self._last_used = now
         return self._conn
 

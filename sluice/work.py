@@ -1,0 +1,260 @@
+"""The worker's logic (DESIGN.md section 5), as plain Python the handler and the tests call.
+
+Per message, in order: parse the envelope, find the task, validate the payload, then ONE
+transaction = ledger row + task effect; commit; then delete the message. Outcomes:
+
+* done / duplicate: committed now / committed before (ledger row found) -> deleted.
+* dead_lettered: retrying cannot help (bad body, unknown task, schema violation, business
+  rule, refused by the database, or a transient failure on the last allowed receive) ->
+  sent to the DLQ with the reason in message attributes, then deleted from the source.
+* retry: transient failure (database down, deadlock, timeout) -> rolled back, visibility
+  pushed out with backoff; the rest of that message's group waits the same time, so no
+  later item of the group is committed before it. Messages left when time runs short are
+  released at once. Retries are reported in ``batchItemFailures`` too, so the same code
+  runs behind a plain SQS trigger with ReportBatchItemFailures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools.utilities.data_classes import SQSEvent
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from sluice.aws import AwsError, OutgoingMessage, Queue
+from sluice.db import Database, DbError, DbUnavailableError, TransientDbError
+from sluice.envelope import Envelope, EnvelopeError
+from sluice.observability import MetricUnit, count, logger, metrics
+from sluice.tasks import PayloadError, PermanentTaskError, UnknownTaskError, get_task
+
+DONE, DUPLICATE, DEAD_LETTERED, RETRY = "done", "duplicate", "dead_lettered", "retry"
+_METRIC_OF = {DONE: "done", DUPLICATE: "duplicate", DEAD_LETTERED: "dead_lettered", RETRY: "retried"}
+_MESSAGE_KEYS = ["message_id", "group", "task", "key"]
+MAX_REASON_CHARS = 1000
+MAX_MESSAGE_ATTRIBUTES = 10  # SQS's limit per message
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """What a task function may know about the message it applies."""
+
+    task: str
+    key: str
+    dedup_id: str
+    message_id: str
+    group_id: str
+    receive_count: int
+    enqueued_at: str
+    trace_id: str
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Visibility delay after a transient failure: base * 2^(receive_count - 1), at most cap."""
+
+    base_s: int = 5
+    cap_s: int = 300
+
+    def seconds(self, receive_count: int) -> int:
+        exponent = min(max(receive_count, 1) - 1, 20)  # bounded so huge counts cannot overflow
+        return int(max(0, min(self.cap_s, self.base_s * 2**exponent, 43200)))  # 43200: SQS's maximum
+
+
+@dataclass
+class _BatchState:
+    db_unavailable: DbUnavailableError | None = None
+
+
+class _PermanentError(Exception):
+    def __init__(self, error_type: str, reason: str) -> None:
+        super().__init__(reason)
+        self.error_type = error_type
+
+
+def dlq_dedup_id(source_dedup_id: str, message_id: str) -> str:
+    """A fresh dedup id for the dead letter, stable for one source message (a retried send is not doubled)."""
+    return hashlib.sha256(f"dlq:{source_dedup_id}:{message_id}".encode()).hexdigest()
+
+
+def work(
+    event: Mapping[str, Any],
+    *,
+    db: Database,
+    queue: Queue,
+    dlq: Queue,
+    max_receive_count: int,
+    remaining_ms: Callable[[], float],
+    reserve_ms: float = 2000,
+    backoff: Backoff | None = None,
+) -> dict[str, Any]:
+    """Apply one SQS-event-shaped batch; returns batchItemFailures and a result per message."""
+    started = time.monotonic()
+    backoff = backoff or Backoff()
+    records = list(SQSEvent(dict(event)).records)
+    results: list[dict[str, Any]] = []
+    batch = _BatchState()
+    halted: dict[str, int] = {}  # group -> visibility seconds its remaining messages get
+
+    for index, record in enumerate(records):
+        if remaining_ms() < reserve_ms:
+            results += _release(queue, records[index:])
+            break
+        t0 = time.monotonic()
+        group = record.attributes.message_group_id or ""
+        logger.append_keys(message_id=record.message_id, group=group)
+        try:
+            if group in halted:
+                # An earlier item of this group is waiting: applying this one now would break order.
+                _push_out(queue, record, halted[group])
+                outcome = RETRY
+            else:
+                outcome, delay = _handle(record, batch, db=db, queue=queue, dlq=dlq,
+                                         max_receive_count=max_receive_count, backoff=backoff)
+                if outcome == RETRY:
+                    halted[group] = delay
+        finally:
+            logger.remove_keys(_MESSAGE_KEYS)
+        count(_METRIC_OF[outcome])
+        results.append({"messageId": record.message_id, "outcome": outcome,
+                        "ms": round((time.monotonic() - t0) * 1000, 1)})
+
+    elapsed_ms = (time.monotonic() - started) * 1000
+    metrics.add_metric(name="worker_ms", unit=MetricUnit.Milliseconds, value=elapsed_ms)
+    return {
+        "batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in results if r["outcome"] == RETRY],
+        "results": results,
+    }
+
+
+def _handle(record: SQSRecord, batch: _BatchState, *, db: Database, queue: Queue, dlq: Queue,
+            max_receive_count: int, backoff: Backoff) -> tuple[str, int]:
+    """One message end to end. Returns (outcome, visibility delay when the outcome is retry)."""
+    receive_count = int(record.attributes.approximate_receive_count or 1)
+    source_dedup = record.attributes.message_deduplication_id or ""
+    try:
+        outcome = _apply(record, batch, db, receive_count)
+    except _PermanentError as exc:
+        reason = str(exc)
+        logger.warning("permanent failure: dead-lettering",
+                       extra={"error_type": exc.error_type, "reason": reason})
+        return _dead_letter(record, dlq, queue, exc.error_type, reason, receive_count, source_dedup, backoff)
+    except Exception as exc:  # transient: the database, or a bug a deploy may fix
+        reason = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, TransientDbError):
+            logger.exception("unexpected error applying message; treated as transient")
+        if receive_count >= max_receive_count:
+            # SQS would move it to the DLQ on the next receive, without a reason; do it ourselves, with one.
+            return _dead_letter(record, dlq, queue, "retries_exhausted",
+                                f"still failing after {receive_count} receives: {reason}",
+                                receive_count, source_dedup, backoff)
+        delay = backoff.seconds(receive_count)
+        logger.warning("transient failure: retrying later", extra={"reason": reason, "retry_in_s": delay,
+                                                                    "receive_count": receive_count})
+        _push_out(queue, record, delay)
+        return RETRY, delay
+    _delete(queue, record)
+    return outcome, 0
+
+
+def _apply(record: SQSRecord, batch: _BatchState, db: Database, receive_count: int) -> str:
+    """Validate, then the one transaction. Raises _PermanentError, TransientDbError or anything unexpected."""
+    try:
+        envelope = Envelope.from_body(record.body)
+    except EnvelopeError as exc:
+        raise _PermanentError("envelope", f"malformed message body: {exc}") from None
+    logger.append_keys(task=envelope.task, key=envelope.key)
+    try:
+        task = get_task(envelope.task)
+        payload = task.parse(envelope.payload)
+    except UnknownTaskError as exc:
+        raise _PermanentError("unknown_task", str(exc)) from None
+    except PayloadError as exc:
+        raise _PermanentError("payload", f"payload does not match {envelope.task}: {exc}") from None
+    item = WorkItem(task=envelope.task, key=envelope.key, dedup_id=envelope.dedup_id,
+                    message_id=record.message_id, group_id=record.attributes.message_group_id or "",
+                    receive_count=receive_count, enqueued_at=envelope.enqueued_at, trace_id=envelope.trace_id)
+    if batch.db_unavailable is not None:
+        # Once a connect failed, the next attempts in this same invocation would only burn the
+        # budget on connect timeouts; they retry later with the same backoff instead.
+        raise batch.db_unavailable
+    try:
+        with db.transaction() as tx:
+            if not tx.claim(dedup_id=item.dedup_id, task=item.task, item_key=item.key,
+                            message_id=item.message_id, group_id=item.group_id):
+                logger.info("already applied (ledger row present): deleting only")
+                return DUPLICATE
+            task.function(tx, payload, item)
+    except PermanentTaskError as exc:
+        raise _PermanentError("business", str(exc)) from None
+    except DbUnavailableError as exc:
+        batch.db_unavailable = exc
+        raise
+    except TransientDbError:
+        raise
+    except DbError as exc:
+        raise _PermanentError("database", f"the database refused the item: {exc}") from None
+    logger.info("applied")
+    return DONE
+
+
+def _dead_letter(record: SQSRecord, dlq: Queue, queue: Queue, error_type: str, reason: str,
+                 receive_count: int, source_dedup: str, backoff: Backoff) -> tuple[str, int]:
+    group = record.attributes.message_group_id or "sluice-dead-letters"
+    attributes = {
+        "sluice_error": reason[:MAX_REASON_CHARS],
+        "sluice_error_type": error_type,
+        "sluice_source_message_id": record.message_id,
+        "sluice_receive_count": str(receive_count),
+        "sluice_failed_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+    # Keep the original attributes too, as far as SQS's per-message limit allows.
+    for name, attribute in record.message_attributes.items():
+        if len(attributes) >= MAX_MESSAGE_ATTRIBUTES:
+            break
+        if attribute is not None and attribute.string_value is not None and name not in attributes:
+            attributes[name] = attribute.string_value
+    try:
+        dedup = dlq_dedup_id(source_dedup, record.message_id)
+        dlq.send(OutgoingMessage(id="0", body=record.body, group_id=group, dedup_id=dedup,
+                                 attributes=attributes))
+    except AwsError:
+        # Not in the DLQ yet, so it must not leave the source: retry it like a transient failure.
+        logger.exception("could not send to the DLQ; message stays in the queue")
+        delay = backoff.seconds(receive_count)
+        _push_out(queue, record, delay)
+        return RETRY, delay
+    _delete(queue, record)
+    return DEAD_LETTERED, 0
+
+
+def _delete(queue: Queue, record: SQSRecord) -> None:
+    try:
+        queue.delete(record.receipt_handle)
+    except AwsError:
+        # The effect (or dead letter) is safe; a redelivery is recognised by the ledger / DLQ dedup id.
+        logger.exception("could not delete the message; a redelivery will be recognised")
+
+
+def _push_out(queue: Queue, record: SQSRecord, seconds: int) -> None:
+    try:
+        queue.change_visibility(record.receipt_handle, seconds)
+    except AwsError:
+        # Harmless: it reappears after the queue's own visibility timeout instead.
+        logger.exception("could not change the message's visibility")
+
+
+def _release(queue: Queue, records: list[SQSRecord]) -> list[dict[str, Any]]:
+    """Out of time: hand the rest back at once (visibility 0) instead of running past the timeout."""
+    logger.warning("time is short: releasing the rest of the batch", extra={"released": len(records)})
+    try:
+        queue.release(r.receipt_handle for r in records)
+    except AwsError:
+        logger.exception("could not release messages; they reappear after the visibility timeout")
+    for _ in records:
+        count(_METRIC_OF[RETRY])
+    return [{"messageId": r.message_id, "outcome": RETRY, "ms": 0.0} for r in records]

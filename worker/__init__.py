@@ -1,0 +1,1 @@
+"""The worker function: applies SQS-event-shaped batches of work items to the database."""
