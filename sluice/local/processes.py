@@ -26,6 +26,8 @@ class LocalServiceError(RuntimeError):
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     with socket.socket() as s:
+        # Servers bind with SO_REUSEADDR, so connections in TIME_WAIT do not make a port taken.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
