@@ -121,8 +121,9 @@ class Sandbox:
         self.alive = True
         self._server = _RuntimeApiServer((LOOPBACK, 0), _RuntimeApiHandler, self)
         self.api_address = f"{LOOPBACK}:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, name=f"runtime-api-{definition.name}",
-                         daemon=True).start()
+        # A short poll interval: stopping many sandboxes waits on each server's loop.
+        threading.Thread(target=self._server.serve_forever, args=(0.1,),
+                         name=f"runtime-api-{definition.name}", daemon=True).start()
         try:
             self.process = subprocess.Popen(
                 [definition.python, "-m", "awslambdaric", definition.handler],
