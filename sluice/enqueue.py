@@ -38,7 +38,7 @@ from sluice.aws import AwsError, OutgoingMessage, Queue, SentMessage
 from sluice.envelope import MAX_GROUP_LENGTH, MAX_KEY_LENGTH, Envelope, group_id
 from sluice.ratelimit import TokenBucket
 from sluice.settings import RuntimeConfig
-from sluice.tasks import PayloadError, UnknownTaskError, get_task
+from sluice.tasks import PayloadError, UnknownTaskError, get_task, load_tasks
 
 MAX_MESSAGE_BYTES = 256 * 1024
 MAX_BATCH_BYTES = 256 * 1024
@@ -255,6 +255,9 @@ class Enqueuer:
         bucket: TokenBucket | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        # Register the deployment's tasks now, so the first request does not pay for it and a
+        # task module that fails to import fails the container, not a request.
+        load_tasks()
         self.queue = queue
         self.groups = groups
         self.max_items = max_items

@@ -1,0 +1,49 @@
+"""How received messages are packed into worker batches."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sluice.aws import ReceivedMessage
+from sluice.drain import DrainReport, pack_batches
+
+pytestmark = pytest.mark.unit
+
+
+def message(n: int, group: str) -> ReceivedMessage:
+    return ReceivedMessage(message_id=f"m{n}", receipt_handle=f"r{n}", body="{}", group_id=group,
+                           receive_count=1, sent_timestamp_ms=0, attributes={}, message_attributes={})
+
+
+def test_groups_share_a_batch_up_to_its_size() -> None:
+    # GIVEN 3 messages of group a, 4 of b, 5 of c, batch size 8
+    msgs = [message(i, g) for i, g in enumerate("aaabbbbccccc")]
+    # WHEN packed / THEN a+b share one batch, c has its own; no group is split
+    batches = pack_batches(msgs, 8)
+    assert [[m.group_id for m in b] for b in batches] == [list("aaabbbb"), list("ccccc")]
+
+
+@given(st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=10), st.integers(min_value=1, max_value=10))
+def test_no_group_is_split_order_kept_and_nothing_lost(groups: list[str], batch_size: int) -> None:
+    # GIVEN any receive of up to 10 messages / WHEN packed
+    msgs = [message(i, g) for i, g in enumerate(groups)]
+    batches = pack_batches(msgs, batch_size)
+    # THEN every message is in exactly one batch
+    assert sorted(m.message_id for b in batches for m in b) == sorted(m.message_id for m in msgs)
+    # AND each group lives in one batch, in receive order
+    for g in set(groups):
+        holding = [b for b in batches if any(m.group_id == g for m in b)]
+        assert len(holding) == 1
+        assert [m.message_id for m in holding[0] if m.group_id == g] == [m.message_id for m in msgs
+                                                                           if m.group_id == g]
+    # AND a batch exceeds batch_size only when a single group's run alone does
+    for b in batches:
+        assert len(b) <= batch_size or len({m.group_id for m in b}) == 1
+
+
+def test_report_is_json_ready() -> None:
+    report = DrainReport(received=3, stopped_because="queue_empty")
+    assert report.to_dict()["received"] == 3
+    assert report.to_dict()["stopped_because"] == "queue_empty"

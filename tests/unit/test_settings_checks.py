@@ -1,0 +1,80 @@
+"""Settings.problems: every unsafe combination is caught with a reason; shipped configs pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sluice.settings import RuntimeConfig, Settings, SettingsError, load_settings
+
+pytestmark = pytest.mark.unit
+
+
+def safe(**sections: dict[str, Any]) -> Settings:
+    """A consistent baseline, with some sections overridden."""
+    base: dict[str, Any] = {
+        "queue": {"name": "q", "visibility_s": 180},
+        "drain": {"timeout_s": 60, "safety_margin_ms": 5000, "max_parallel": 4, "consumers": 1},
+        "worker": {"timeout_s": 30, "reserved_concurrency": 4},
+        "database": {"url": "mysql://u@h/db"},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return Settings(stage="t", **base)
+
+
+@pytest.mark.parametrize("stage", ["dev", "local"])
+def test_shipped_configs_are_safe(stage: str) -> None:
+    # GIVEN the config files in the repository / THEN they have no problems
+    assert load_settings(stage).problems() == []
+
+
+def test_baseline_is_safe() -> None:
+    assert safe().problems() == []
+
+
+@pytest.mark.parametrize(
+    ("sections", "reason"),
+    [
+        ({"queue": {"visibility_s": 60}}, "queue.visibility_s (60) must exceed drain.timeout_s"),
+        ({"worker": {"timeout_s": 56}}, "worker.timeout_s (56) plus drain.safety_margin_ms"),
+        ({"queue": {"visibility_s": 100}, "drain": {"timeout_s": 20, "safety_margin_ms": 0},
+          "worker": {"timeout_s": 100}}, "must exceed worker.timeout_s"),
+        ({"drain": {"max_parallel": 8}}, "above worker.reserved_concurrency"),
+        ({"drain": {"consumers": 5}}, "each consumer needs at least one worker slot"),
+        ({"drain": {"safety_margin_ms": 60000}}, "leaves no budget"),
+        ({"queue": {"dlq_retention_days": 4}}, "dlq_retention_days (4) must be longer"),
+        ({"api": {"auth": "jwt"}}, "jwt_issuer or api.jwt_audience is empty"),
+        ({"database": {"url": ""}}, "database needs one of url, secret or existing_secret_arn"),
+        ({"database": {"managed": True}}, "database.managed is true but database.url is set"),
+        ({"queue": {"max_tps": 1}, "enqueuer": {"max_items": 5000, "timeout_s": 10}},
+         "cannot be sent within enqueuer.timeout_s"),
+    ],
+)
+def test_each_rule_fires_with_its_reason(sections: dict[str, dict[str, Any]], reason: str) -> None:
+    # GIVEN settings broken in one way
+    settings = safe(**sections)
+    # WHEN checked / THEN the problem is named, and check() refuses with it
+    assert any(reason in p for p in settings.problems()), settings.problems()
+    with pytest.raises(SettingsError, match="unsafe"):
+        settings.check()
+
+
+def test_runtime_config_round_trips_through_the_environment() -> None:
+    # GIVEN the environment serverless.yml would derive / WHEN read back by a handler
+    settings = load_settings("local")
+    env = settings.runtime_env(queue_url="u", dlq_url="d", worker_function="w")
+    config = RuntimeConfig.from_env(env)
+    # THEN the handler sees the same numbers
+    assert (config.max_parallel, config.batch_size, config.max_rate) == (
+        settings.drain.max_parallel, settings.worker.batch_size, settings.drain.max_rate)
+    assert config.slots_per_consumer == settings.drain.max_parallel // settings.drain.consumers
+
+
+def test_runtime_config_rejects_bad_numbers() -> None:
+    # GIVEN a non-numeric or out-of-range variable / THEN a clear SettingsError naming it
+    with pytest.raises(SettingsError, match="SLUICE_DRAIN_MAX_PARALLEL"):
+        RuntimeConfig.from_env({"SLUICE_DRAIN_MAX_PARALLEL": "many"})
+    with pytest.raises(SettingsError, match="SLUICE_WORKER_BATCH_SIZE"):
+        RuntimeConfig.from_env({"SLUICE_WORKER_BATCH_SIZE": "11"})
