@@ -1,0 +1,110 @@
+"""`sluice db migrate`: apply the schema migrations.
+
+Locally (stage ``local``, or whenever DATABASE_URL is set) the CLI migrates that database
+itself. For a deployed stage the database sits in a private network, so the CLI invokes
+the stage's ``migrate`` function, which runs the same migrations from inside it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from sluice.cli.common import (
+    EXIT_FAILED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    JsonOption,
+    StageOption,
+    command,
+    console,
+    emit_json,
+    fail,
+)
+from sluice.settings import PROJECT_ROOT, load_settings
+
+db_app = typer.Typer(no_args_is_help=True, help="The database: schema migrations.")
+
+LOCAL_ENV_FILE = Path(".sluice") / "local.env"
+MIGRATE_TIMEOUT_S = 300
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (as the local stack writes them); blank lines and # comments skipped."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, _, value = line.partition("=")
+        values[name.strip().removeprefix("export ").strip()] = value.strip().strip("'\"")
+    return values
+
+
+def local_database_url() -> str:
+    """DATABASE_URL as the running local stack published it, or '' when it is not running."""
+    for base in (Path.cwd(), PROJECT_ROOT):
+        path = base / LOCAL_ENV_FILE
+        if path.is_file():
+            return read_env_file(path).get("DATABASE_URL", "")
+    return ""
+
+
+def _migrate_url(url: str) -> dict[str, object]:
+    from sluice.db import DbConfigError, DbCredentials, DbError, TransientDbError
+    from sluice.migrations import apply_migrations
+
+    try:
+        target = DbCredentials.from_url(url).redacted()
+        applied = apply_migrations(url)
+    except DbConfigError as exc:
+        fail(f"DATABASE_URL is not usable: {exc}", EXIT_USAGE)
+    except TransientDbError as exc:
+        fail(f"cannot reach the database at {target}: {exc}", EXIT_UNAVAILABLE)
+    except DbError as exc:
+        fail(f"migrating {target} failed: {exc}", EXIT_FAILED)
+    return {"database": target, "applied": applied}
+
+
+def _migrate_deployed(stage: str) -> dict[str, object]:
+    from sluice.aws import AwsError, FunctionInvoker
+
+    settings = load_settings(stage)
+    name = settings.function_name("migrate")
+    try:
+        result = FunctionInvoker(name, timeout_s=MIGRATE_TIMEOUT_S).invoke({})
+    except AwsError as exc:
+        fail(f"cannot invoke {name}: {exc}", EXIT_UNAVAILABLE)
+    if result.function_error:
+        message = result.payload.get("errorMessage") if isinstance(result.payload, dict) else result.payload
+        fail(f"{name} failed: {message}", EXIT_FAILED)
+    if not isinstance(result.payload, dict):
+        fail(f"{name} returned an unexpected result: {result.payload!r}", EXIT_FAILED)
+    return {"function": name, **result.payload}
+
+
+@db_app.command("migrate")
+@command
+def migrate(stage: str = StageOption, as_json: bool = JsonOption) -> None:
+    """Apply pending schema migrations to the stage's database (idempotent)."""
+    url = os.environ.get("DATABASE_URL", "")
+    if not url and stage == "local":
+        url = local_database_url() or load_settings("local").database.url
+        if not url:
+            fail("no local database: start the local stack (sluice local up) or set DATABASE_URL", EXIT_USAGE)
+    outcome = _migrate_url(url) if url else _migrate_deployed(stage)
+    if as_json:
+        emit_json(outcome)
+        return
+    applied = outcome.get("applied") or []
+    where = outcome.get("database") or outcome.get("function")
+    if applied:
+        console.print(f"[green]applied {len(applied)} migration(s) to {where}:[/green] {', '.join(applied)}")
+    else:
+        console.print(f"[green]{where} is up to date[/green]")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(db_app, name="db")
