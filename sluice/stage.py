@@ -11,6 +11,8 @@ traceback.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,3 +163,14 @@ def _resolve_aws(settings: Settings) -> StageContext:
         functions=_function_names(settings),
         database_url=settings.database.url or os.environ.get("DATABASE_URL", ""),
     )
+
+
+@contextmanager
+def reaching(what: str) -> Iterator[None]:
+    """Turn an AWS failure while ``what`` into a one-line CliError with EXIT_UNAVAILABLE."""
+    try:
+        yield
+    except aws.AwsError as exc:
+        raise CliError(f"{what}: {exc}", EXIT_UNAVAILABLE) from None
+    except (BotoCoreError, ClientError) as exc:
+        raise CliError(f"{what}: {exc}", EXIT_UNAVAILABLE) from None

@@ -27,15 +27,15 @@ from typing import Any
 from sluice.aws import AwsError, OutgoingMessage, Queue, ReceivedMessage
 from sluice.envelope import Envelope, EnvelopeError
 
-# Message attributes the worker writes when it dead-letters a message (sluice.work).
-REASON_ATTRIBUTES = ("sluice.reason", "sluice_reason", "reason")
-ATTEMPTS_ATTRIBUTES = ("sluice.attempts", "sluice_attempts", "attempts", "receive_count")
-DEAD_LETTERED_AT_ATTRIBUTES = ("sluice.dead_lettered_at", "sluice_dead_lettered_at", "dead_lettered_at")
+# Message attributes the worker writes when it dead-letters a message (sluice.work._dead_letter).
+REASON_ATTRIBUTES = ("sluice_error",)
+ERROR_TYPE_ATTRIBUTES = ("sluice_error_type",)
+ATTEMPTS_ATTRIBUTES = ("sluice_receive_count",)
+DEAD_LETTERED_AT_ATTRIBUTES = ("sluice_failed_at",)
 # Attributes that describe the dead-lettering; a redriven message starts without them.
-_DLQ_ONLY_ATTRIBUTES = frozenset(REASON_ATTRIBUTES + ATTEMPTS_ATTRIBUTES + DEAD_LETTERED_AT_ATTRIBUTES) | {
-    "sluice.source_message_id", "sluice_source_message_id", "source_message_id", "error_type",
-    "sluice.error_type",
-}
+_DLQ_ONLY_ATTRIBUTES = frozenset(
+    REASON_ATTRIBUTES + ERROR_TYPE_ATTRIBUTES + ATTEMPTS_ATTRIBUTES + DEAD_LETTERED_AT_ATTRIBUTES
+) | {"sluice_source_message_id", "sluice_redriven_at"}
 MOVED_BY_SQS = "moved by SQS after too many receives (maxReceiveCount): the worker never finished it"
 # Seconds a listed message stays hidden at most if `list` dies before releasing it.
 LIST_VISIBILITY_S = 20
@@ -49,6 +49,7 @@ class DeadLetter:
     task: str
     key: str
     reason: str
+    error_type: str
     attempts: int | None
     enqueued_at: str
     dead_lettered_at: str
@@ -59,7 +60,8 @@ class DeadLetter:
 
     def to_dict(self) -> dict[str, Any]:
         return {"message_id": self.message_id, "group": self.group, "task": self.task, "key": self.key,
-                "reason": self.reason, "attempts": self.attempts, "enqueued_at": self.enqueued_at,
+                "reason": self.reason, "error_type": self.error_type, "attempts": self.attempts,
+                "enqueued_at": self.enqueued_at,
                 "dead_lettered_at": self.dead_lettered_at, "age_s": self.age_s}
 
 
@@ -104,6 +106,8 @@ def describe(message: ReceivedMessage, now: datetime | None = None) -> DeadLette
         task=envelope.task if envelope else "?",
         key=envelope.key if envelope else "?",
         reason=reason if envelope else f"{reason} (body is not a sluice envelope)",
+        error_type=_attribute(message, ERROR_TYPE_ATTRIBUTES) or ("max_receives" if reason == MOVED_BY_SQS
+                                                                  else ""),
         attempts=attempts,
         enqueued_at=envelope.enqueued_at if envelope else "",
         dead_lettered_at=dead_at.isoformat(timespec="seconds") if dead_at else "",
@@ -246,7 +250,7 @@ def _move(letter: DeadLetter, source: Queue) -> None:
         if name not in _DLQ_ONLY_ATTRIBUTES and value.get("DataType", "String").startswith("String")
         and value.get("StringValue") is not None
     }
-    attributes["sluice.redriven_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    attributes["sluice_redriven_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     source.send(OutgoingMessage(id="0", body=letter.body, group_id=letter.group,
                                 dedup_id=redrive_dedup_id(letter), attributes=attributes))
 
