@@ -105,6 +105,7 @@ def handle_http(event: APIGatewayProxyEventV2) -> dict[str, Any]:
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    count("enqueue_requests")
     if _is_http_event(event):
         return handle_http(APIGatewayProxyEventV2(event))
     if isinstance(event, dict) and "items" in event:
