@@ -354,6 +354,20 @@ class Database:
             return int(self._scalar("SELECT COUNT(*) FROM invoices"))
         return int(self._scalar("SELECT COUNT(*) FROM invoices WHERE item_key = %s", (item_key,)))
 
+    def invoice_keys(self, key_prefix: str) -> list[str]:
+        """Keys of the invoices whose key starts with ``key_prefix``, in the order they were committed."""
+        conn = self.connection()
+        like = key_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT item_key FROM invoices WHERE item_key LIKE %s ORDER BY id", (like,))
+                rows = cur.fetchall()
+            conn.commit()
+        except (pymysql.MySQLError, OSError) as exc:
+            self._rollback(conn)
+            raise classify(exc) from exc
+        return [str(r[0]) for r in rows]
+
     def duplicate_invoices(self) -> int:
         """Invoices whose key appears more than once (the UNIQUE key makes this 0; the demo proves it)."""
         return int(self._scalar(

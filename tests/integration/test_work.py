@@ -1,0 +1,303 @@
+"""The worker against a real moto SQS server and the real MariaDB.
+
+Messages are really sent and really received, then handed to the worker in the SQS Lambda
+event shape, so every delete, visibility change and dead letter is a real SQS call.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from sluice.aws import OutgoingMessage, Queue
+from sluice.db import Database, DbUnavailableError
+from sluice.envelope import Envelope
+from sluice.tasks import get_task
+from sluice.work import Backoff, WorkItem, work
+from tests.conftest import FifoQueues, free_port
+
+pytestmark = pytest.mark.integration
+
+MAX_RECEIVES = 3
+LONG_BACKOFF = Backoff(base_s=120, cap_s=600)  # long enough that a pushed-out message stays hidden in a test
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(url=database_url, read_timeout=3)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def unreachable_db() -> Database:
+    # A port nothing listens on: connects are refused at once, like a database that is down.
+    return Database(url=f"mysql://root@127.0.0.1:{free_port()}/nowhere", connect_timeout=1)
+
+
+def invoice(customer: str = "acme", amount_cents: int = 1250, currency: str = "EUR") -> dict[str, Any]:
+    return {"customer": customer, "amount_cents": amount_cents, "currency": currency}
+
+
+def send(queues: FifoQueues, key: str, payload: Any, group: str = "acme",
+         task: str = "invoice.record") -> Envelope:
+    envelope = Envelope.new(task, key, payload)
+    Queue(queues.url).send(OutgoingMessage(id="0", body=envelope.to_body(), group_id=group,
+                                           dedup_id=envelope.dedup_id))
+    return envelope
+
+
+def send_raw(queues: FifoQueues, body: str, group: str = "raw") -> None:
+    Queue(queues.url).send(OutgoingMessage(id="0", body=body, group_id=group, dedup_id=uuid.uuid4().hex))
+
+
+def receive_event(queues: FifoQueues, expected: int, url: str | None = None) -> dict[str, Any]:
+    """Really receive ``expected`` messages (polling with a deadline) as an SQS Lambda event."""
+    queue = Queue(url or queues.url)
+    records: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while len(records) < expected and time.monotonic() < deadline:
+        records += [m.to_sqs_record(queues.arn) for m in queue.receive(max_messages=10, wait_s=0)]
+    assert len(records) == expected, f"received {len(records)} of {expected} messages"
+    return {"Records": records, "queueUrl": queue.url}
+
+
+def run(event: dict[str, Any], queues: FifoQueues, db: Database, *, max_receive_count: int = MAX_RECEIVES,
+        backoff: Backoff = LONG_BACKOFF, remaining_ms: float = 60_000) -> dict[str, Any]:
+    return work(event, db=db, queue=Queue(queues.url), dlq=Queue(queues.dlq_url),
+                max_receive_count=max_receive_count, remaining_ms=lambda: remaining_ms, backoff=backoff)
+
+
+def depth(url: str, queues: FifoQueues) -> tuple[int, int]:
+    """(visible, in flight) messages of a queue."""
+    attrs = queues.sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def release_all(queues: FifoQueues, event: dict[str, Any]) -> None:
+    """Stand-in for the visibility timeout running out: make the messages visible again now."""
+    Queue(queues.url).release(r["receiptHandle"] for r in event["Records"])
+
+
+def dead_letters(queues: FifoQueues, expected: int) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while len(messages) < expected and time.monotonic() < deadline:
+        messages += queues.sqs.receive_message(
+            QueueUrl=queues.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["All"],
+        ).get("Messages", [])
+    assert len(messages) == expected, f"{len(messages)} dead letters, expected {expected}"
+    return messages
+
+
+def outcomes(result: dict[str, Any]) -> list[str]:
+    return [r["outcome"] for r in result["results"]]
+
+
+def test_a_message_delivered_twice_is_applied_once(fifo_queues: FifoQueues, db: Database) -> None:
+    # GIVEN one invoice message, received by a first worker and - after its visibility ran out -
+    # received again by a second worker (two copies in flight, as SQS allows)
+    key = f"INV-{uuid.uuid4().hex[:8]}"
+    send(fifo_queues, key, invoice())
+    first = receive_event(fifo_queues, 1)
+    release_all(fifo_queues, first)
+    second = receive_event(fifo_queues, 1)
+
+    # WHEN both workers run
+    first_result = run(first, fifo_queues, db)
+    second_result = run(second, fifo_queues, db)
+
+    # THEN the invoice exists once, the second copy is recognised as a duplicate, the queue is empty
+    assert outcomes(first_result) == ["done"]
+    assert outcomes(second_result) == ["duplicate"]
+    assert first_result["batchItemFailures"] == [] and second_result["batchItemFailures"] == []
+    assert db.count_invoices(key) == 1
+    assert db.is_processed(Envelope.new("invoice.record", key, {}).dedup_id)
+    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+
+
+def test_a_crash_between_commit_and_delete_is_recognised_on_redelivery(fifo_queues: FifoQueues,
+                                                                       db: Database) -> None:
+    # GIVEN a message whose transaction committed but whose delete never happened (the worker died)
+    key = f"INV-{uuid.uuid4().hex[:8]}"
+    envelope = send(fifo_queues, key, invoice(customer="globex"))
+    event = receive_event(fifo_queues, 1)
+    record = event["Records"][0]
+    task = get_task("invoice.record")
+    item = WorkItem(task=envelope.task, key=key, dedup_id=envelope.dedup_id, message_id=record["messageId"],
+                    group_id="acme", receive_count=1, enqueued_at=envelope.enqueued_at, trace_id="t")
+    with db.transaction() as tx:
+        assert tx.claim(dedup_id=item.dedup_id, task=item.task, item_key=key, message_id=item.message_id,
+                        group_id=item.group_id)
+        task.function(tx, task.parse(envelope.payload), item)
+    release_all(fifo_queues, event)
+
+    # WHEN the message is delivered again
+    result = run(receive_event(fifo_queues, 1), fifo_queues, db)
+
+    # THEN it is only deleted: still one invoice, nothing left in the queue
+    assert outcomes(result) == ["duplicate"]
+    assert db.count_invoices(key) == 1
+    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("body_of", "error_type", "reason_part"),
+    [
+        (lambda key: Envelope.new("invoice.record", key, invoice(customer="nobody")).to_body(),
+         "business", "unknown customer 'nobody'"),
+        (lambda key: Envelope.new("invoice.record", key, invoice(amount_cents=-5)).to_body(),
+         "payload", "amount_cents"),
+        (lambda key: Envelope.new("invoice.record", key, invoice(currency="XYZ")).to_body(),
+         "payload", "currency"),
+        (lambda key: Envelope.new("no.such.task", key, {}).to_body(), "unknown_task", "no.such.task"),
+        (lambda key: "this is {not json", "envelope", "not JSON"),
+        (lambda key: '{"v": 99, "task": "invoice.record"}', "envelope", "version"),
+    ],
+    ids=["unknown-customer", "negative-amount", "unknown-currency", "unknown-task", "malformed",
+         "wrong-version"],
+)
+def test_a_poison_message_goes_to_the_dlq_with_its_reason(fifo_queues: FifoQueues, db: Database, body_of: Any,
+                                                         error_type: str, reason_part: str) -> None:
+    # GIVEN a message retrying can never fix, followed by a good one in the same group
+    key = f"INV-{uuid.uuid4().hex[:8]}"
+    body = body_of(key)
+    send_raw(fifo_queues, body, group="acme")
+    good_key = f"{key}-good"
+    send(fifo_queues, good_key, invoice(), group="acme")
+    event = receive_event(fifo_queues, 2)
+
+    # WHEN the worker runs
+    result = run(event, fifo_queues, db)
+
+    # THEN the poison message is in the DLQ with its original body, group and reason, gone from the
+    # source, nothing of it was written, and the next item of its group was applied
+    assert outcomes(result) == ["dead_lettered", "done"]
+    assert result["batchItemFailures"] == []
+    [letter] = dead_letters(fifo_queues, 1)
+    assert letter["Body"] == body
+    assert letter["Attributes"]["MessageGroupId"] == "acme"
+    attributes = {k: v["StringValue"] for k, v in letter["MessageAttributes"].items()}
+    assert attributes["sluice_error_type"] == error_type
+    assert reason_part in attributes["sluice_error"]
+    assert attributes["sluice_source_message_id"] == event["Records"][0]["messageId"]
+    assert attributes["sluice_receive_count"] == "1"
+    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+    assert db.count_invoices(key) == 0
+    assert db.count_invoices(good_key) == 1
+
+
+def test_a_database_outage_retries_later_then_succeeds(fifo_queues: FifoQueues, db: Database,
+                                                       unreachable_db: Database) -> None:
+    # GIVEN a message and a database that refuses connections
+    key = f"INV-{uuid.uuid4().hex[:8]}"
+    send(fifo_queues, key, invoice(customer="initech"))
+    event = receive_event(fifo_queues, 1)
+
+    # WHEN the worker runs against the unreachable database
+    result = run(event, fifo_queues, unreachable_db)
+
+    # THEN the message is reported for retry, not deleted, and hidden for the backoff period
+    assert outcomes(result) == ["retry"]
+    assert result["batchItemFailures"] == [{"itemIdentifier": event["Records"][0]["messageId"]}]
+    assert depth(fifo_queues.url, fifo_queues) == (0, 1)
+    assert Queue(fifo_queues.url).receive(wait_s=0) == []
+
+    # WHEN the backoff has passed and a worker with a working database gets it again
+    release_all(fifo_queues, event)
+    retried = receive_event(fifo_queues, 1)
+    assert retried["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
+    result = run(retried, fifo_queues, db)
+
+    # THEN it is applied once and deleted
+    assert outcomes(result) == ["done"]
+    assert db.count_invoices(key) == 1
+    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+
+
+def test_a_transient_failure_on_the_last_allowed_receive_dead_letters_with_the_reason(
+        fifo_queues: FifoQueues, unreachable_db: Database) -> None:
+    # GIVEN a message on its last allowed receive and a database that stays down
+    send(fifo_queues, f"INV-{uuid.uuid4().hex[:8]}", invoice())
+    event = receive_event(fifo_queues, 1)
+
+    # WHEN the worker fails on it once more
+    result = run(event, fifo_queues, unreachable_db, max_receive_count=1)
+
+    # THEN it goes to the DLQ with the reason now, instead of SQS moving it later without one
+    assert outcomes(result) == ["dead_lettered"]
+    [letter] = dead_letters(fifo_queues, 1)
+    attributes = {k: v["StringValue"] for k, v in letter["MessageAttributes"].items()}
+    assert attributes["sluice_error_type"] == "retries_exhausted"
+    assert "cannot connect" in attributes["sluice_error"]
+    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+
+
+def test_a_transient_failure_holds_back_the_rest_of_its_group_only(fifo_queues: FifoQueues, db: Database,
+                                                                   database_url: str) -> None:
+    # GIVEN three ordered items in group "hooli" and one in group "umbrella"; another session holds the
+    # ledger row of hooli's first item, so applying it hits a lock wait timeout (a real transient error)
+    prefix = f"ORD-{uuid.uuid4().hex[:8]}-"
+    first = send(fifo_queues, f"{prefix}1", invoice(customer="hooli"), group="hooli")
+    for n in (2, 3):
+        send(fifo_queues, f"{prefix}{n}", invoice(customer="hooli"), group="hooli")
+    other_key = f"{prefix}other"
+    send(fifo_queues, other_key, invoice(customer="umbrella"), group="umbrella")
+    event = receive_event(fifo_queues, 4)
+    blocker = Database(url=database_url)
+
+    # WHEN the worker runs while the lock is held
+    with pytest.raises(RuntimeError), blocker.transaction() as tx:
+        assert tx.claim(dedup_id=first.dedup_id, task=first.task, item_key=first.key, message_id="blocker",
+                        group_id="hooli")
+        result = run(event, fifo_queues, db)
+        raise RuntimeError("roll the blocker back")
+    blocker.close()
+
+    # THEN no hooli item is applied (order holds), all of them wait, and umbrella's item went through
+    by_key = {r["body"]: r["messageId"] for r in event["Records"]}
+    assert len(by_key) == 4
+    assert outcomes(result) == ["retry", "retry", "retry", "done"]
+    assert {f["itemIdentifier"] for f in result["batchItemFailures"]} == {
+        r["messageId"] for r in event["Records"][:3]
+    }
+    assert db.invoice_keys(prefix) == [other_key]
+    assert depth(fifo_queues.url, fifo_queues) == (0, 3)
+
+    # WHEN the wait is over and the group is delivered again
+    release_all(fifo_queues, {"Records": event["Records"][:3]})
+    result = run(receive_event(fifo_queues, 3), fifo_queues, db)
+
+    # THEN all three are applied, in their order
+    assert outcomes(result) == ["done", "done", "done"]
+    assert db.invoice_keys(prefix) == [other_key, f"{prefix}1", f"{prefix}2", f"{prefix}3"]
+
+
+def test_a_batch_stops_and_releases_the_rest_when_time_runs_short(fifo_queues: FifoQueues,
+                                                                  db: Database) -> None:
+    # GIVEN two messages and a worker whose remaining time is already below its reserve
+    keys = [f"INV-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for key in keys:
+        send(fifo_queues, key, invoice(), group=key)
+    event = receive_event(fifo_queues, 2)
+
+    # WHEN the worker runs
+    result = run(event, fifo_queues, db, remaining_ms=500)
+
+    # THEN nothing is applied and both messages are visible again at once
+    assert outcomes(result) == ["retry", "retry"]
+    assert [db.count_invoices(k) for k in keys] == [0, 0]
+    assert len(receive_event(fifo_queues, 2)["Records"]) == 2
+
+
+def test_the_database_error_type_is_kept_for_unreachable_servers(unreachable_db: Database) -> None:
+    # GIVEN a database nobody listens for / WHEN a transaction starts / THEN the error says so, classified
+    with pytest.raises(DbUnavailableError, match="cannot connect"), unreachable_db.transaction():
+        pass
