@@ -22,15 +22,23 @@ import os
 import signal
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import IO, Any
 
-from sluice.local.runtime_api import LOOPBACK, FunctionDefinition, Invocation, InvokeOutcome, Sandbox
+from sluice.local.runtime_api import (
+    LOOPBACK,
+    FunctionDefinition,
+    Invocation,
+    InvokeOutcome,
+    LoopbackHTTPServer,
+    Sandbox,
+)
 
 INVOKE_PREFIX = "/2015-03-31/functions/"
 # Lambda's payload limits: 6 MB for a synchronous request, 1 MB for an asynchronous one.
@@ -130,22 +138,36 @@ class _FunctionPool:
 
     def _run(self, invocation: Invocation) -> InvokeOutcome:
         sandbox: Sandbox | None = None
+        outcome: InvokeOutcome | None = None
+        started = time.monotonic()
+        # Lambda's own log lines, so a function log reads as it would in CloudWatch.
+        self._log(f"START RequestId: {invocation.request_id} Version: $LATEST")
         try:
             sandbox = self._acquire_sandbox()
             outcome = sandbox.invoke(invocation)
-        except OSError as exc:  # the process could not be started (bad python path, cwd, ...)
+        except OSError as exc:  # the process could not be started (bad python path, ...)
             outcome = InvokeOutcome.error(invocation.request_id, "Runtime.StartError", str(exc))
             invocation.finish(outcome)
-        with self._cond:
-            self.busy -= 1
-            if outcome.function_error:
-                self.errors += 1
-            if outcome.error_type == "Sandbox.Timedout":
-                self.timeouts += 1
-            if sandbox is not None and sandbox.alive and not self._stopping:
-                self._idle.append(sandbox)
-            self._cond.notify_all()
+        finally:
+            # Whatever happened, the slot is given back: a leaked slot would throttle forever.
+            with self._cond:
+                self.busy -= 1
+                if outcome is None or outcome.function_error:
+                    self.errors += 1
+                if outcome is not None and outcome.error_type == "Sandbox.Timedout":
+                    self.timeouts += 1
+                if sandbox is not None and sandbox.alive and not self._stopping:
+                    self._idle.append(sandbox)
+                self._cond.notify_all()
+            ms = (time.monotonic() - started) * 1000
+            self._log(f"END RequestId: {invocation.request_id}\nREPORT RequestId: {invocation.request_id}\t"
+                      f"Duration: {ms:.2f} ms\tMemory Size: {self.definition.memory_mb} MB"
+                      + (f"\tStatus: {outcome.error_type}" if outcome and outcome.error_type else ""))
         return outcome
+
+    def _log(self, line: str) -> None:
+        with contextlib.suppress(ValueError, OSError):  # closed at stop while an event still ran
+            self._log_file.write(f"{line}\n".encode())
 
     def _acquire_sandbox(self) -> Sandbox:
         with self._cond:
@@ -196,7 +218,7 @@ class _FunctionPool:
             self._idle.clear()
             self._cond.notify_all()
         if dropped:
-            self._log_file.write(f"[sluice] stopped with {dropped} queued event(s) not run\n".encode())
+            self._log(f"[sluice] stopped with {dropped} queued event(s) not run")
         for sandbox in sandboxes:
             sandbox.stop()
         self._dispatcher.join(timeout=5)
@@ -290,9 +312,7 @@ class LambdaService:
         return self._pools.get(name)
 
 
-class _InvokeServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _InvokeServer(LoopbackHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
                  service: LambdaService) -> None:
         self.service = service

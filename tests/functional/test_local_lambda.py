@@ -268,10 +268,11 @@ def test_module_entry_serves_and_cleans_up_on_sigterm(tmp_path: Path) -> None:
         assert body["event"] == {"via": "module"}
         # WHEN it gets SIGTERM
         proc.send_signal(signal.SIGTERM)
-        # THEN it exits cleanly and takes its function process with it
+        # THEN it exits cleanly, takes its function process with it, and the function logged to its file
         assert proc.wait(timeout=10) == 0
         assert not pid_exists(body["pid"])
-        assert (tmp_path / "logs" / "echo.log").exists()
+        log = (tmp_path / "logs" / "echo.log").read_text()
+        assert "echo handling {'via': 'module'}" in log and "REPORT RequestId" in log
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -10,6 +10,7 @@ from typing import Any
 
 def echo(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Return the event with what the runtime told the handler about itself."""
+    print(f"echo handling {event}")  # lands in the function's log file
     return {
         "event": event,
         "pid": os.getpid(),
