@@ -1,0 +1,205 @@
+"""DLQ list / redrive against real services: moto's SQS server and the machine's MariaDB.
+
+The dead letters are made by the real worker logic (sluice.work) on poison invoices
+(unknown customer), so the attributes `dlq list` reads are exactly the ones it writes. The
+CLI is driven through a local.env that points at the moto server (SLUICE_LOCAL_ENV_FILE).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+from typer.testing import CliRunner
+
+from sluice.aws import Queue
+from sluice.cli import app
+from sluice.db import Database, DbCredentials
+from sluice.enqueue import Enqueuer
+from sluice.ops import dlq as dead_letters
+from sluice.stage import LOCAL_ENV_FILE_VAR
+from sluice.work import work
+from tests.conftest import FifoQueues
+
+pytestmark = pytest.mark.functional
+
+
+def run_worker(queues: FifoQueues, db: Database, deadline_s: float = 30) -> list[str]:
+    """Receive and work until the source queue holds nothing; returns the outcomes."""
+    queue, dlq = Queue(queues.url), Queue(queues.dlq_url)
+    outcomes: list[str] = []
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        messages = queue.receive(max_messages=10, wait_s=0)
+        if not messages:
+            if dead_letters.depth(queue) == 0:
+                return outcomes
+            continue
+        event = {"Records": [m.to_sqs_record(queues.arn) for m in messages]}
+        reply = work(event, db=db, queue=queue, dlq=dlq, max_receive_count=3, remaining_ms=lambda: 60_000)
+        outcomes += [r["outcome"] for r in reply["results"]]
+    raise AssertionError(f"source queue not drained within {deadline_s} s; outcomes so far {outcomes}")
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(url=database_url)
+    yield database
+    database.close()
+
+
+def sql(database_url: str, statement: str, *args: object) -> list[tuple[object, ...]]:
+    creds = DbCredentials.from_url(database_url)
+    conn = pymysql.connect(host=creds.host, port=creds.port, user=creds.user, password=creds.password,
+                           database=creds.database, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, args)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def poisoned(fifo_queues: FifoQueues, db: Database) -> dict[str, str]:
+    """Two poison invoices (each for its own unknown customer) dead-lettered by the worker, one good."""
+    tag = uuid.uuid4().hex[:8]
+    keys = {"ghost-a": f"INV-{tag}-a", "ghost-b": f"INV-{tag}-b", "acme": f"INV-{tag}-ok"}
+    customers = {"ghost-a": f"ghost-a-{tag}", "ghost-b": f"ghost-b-{tag}", "acme": "acme"}
+    items = [{"task": "invoice.record", "key": keys[c], "group": customers[c],
+              "payload": {"customer": customers[c], "amount_cents": 1250, "currency": "EUR"}} for c in keys]
+    assert Enqueuer(Queue(fifo_queues.url)).enqueue({"items": items}).status_code == 202
+    outcomes = run_worker(fifo_queues, db)
+    assert sorted(outcomes) == ["dead_lettered", "dead_lettered", "done"]
+    return {"tag": tag, **{f"key_{c}": k for c, k in keys.items()}, **{f"customer_{c}": v for c, v in
+                                                                       customers.items()}}
+
+
+@pytest.fixture
+def local_env(fifo_queues: FifoQueues, moto_aws: str, tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "local.env"
+    path.write_text(f"AWS_ENDPOINT_URL={moto_aws}\nSLUICE_QUEUE_URL={fifo_queues.url}\n"
+                    f"SLUICE_DLQ_URL={fifo_queues.dlq_url}\n")
+    monkeypatch.setenv(LOCAL_ENV_FILE_VAR, str(path))
+    return path
+
+
+def cli_json(*args: str) -> dict[str, object]:
+    result = CliRunner().invoke(app, [*args, "--stage", "local", "--json"])
+    assert result.exit_code == 0, result.output
+    body: dict[str, object] = json.loads(result.stdout)
+    return body
+
+
+def test_dlq_list_shows_reasons_and_releases_the_messages(poisoned: dict[str, str], local_env: Path,
+                                                          fifo_queues: FifoQueues) -> None:
+    # GIVEN two invoices dead-lettered by the worker for unknown customers
+    # WHEN `sluice dlq list --json` runs
+    body = cli_json("dlq", "list")
+    # THEN both are listed with the worker's reason, their task, key, group and attempts
+    rows = {m["key"]: m for m in body["messages"]}  # type: ignore[union-attr, index]
+    assert set(rows) == {poisoned["key_ghost-a"], poisoned["key_ghost-b"]}
+    for who in ("ghost-a", "ghost-b"):
+        row = rows[poisoned[f"key_{who}"]]
+        assert "unknown customer" in row["reason"] and row["error_type"] == "business"
+        assert row["task"] == "invoice.record" and row["group"] == poisoned[f"customer_{who}"]
+        assert row["attempts"] == 1 and row["age_s"] is not None
+    # AND listing consumed nothing: both are visible again at once
+    attributes = fifo_queues.sqs.get_queue_attributes(QueueUrl=fifo_queues.dlq_url, AttributeNames=["All"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "2"
+    assert attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_redrive_dry_run_changes_nothing(poisoned: dict[str, str], local_env: Path,
+                                         fifo_queues: FifoQueues) -> None:
+    # GIVEN two dead letters
+    # WHEN `sluice dlq redrive --all --dry-run` runs
+    body = cli_json("dlq", "redrive", "--all", "--dry-run")
+    # THEN it names both and moves neither: the DLQ still holds 2 (all visible), the source none
+    assert body["count"] == 2 and body["dry_run"] is True
+    assert dead_letters.depth(Queue(fifo_queues.dlq_url)) == 2
+    assert dead_letters.depth(Queue(fifo_queues.url)) == 0
+    assert len(dead_letters.list_dead_letters(Queue(fifo_queues.dlq_url)).letters) == 2
+
+
+def test_fix_the_data_then_redrive_applies_each_item_exactly_once(
+        poisoned: dict[str, str], local_env: Path, fifo_queues: FifoQueues, db: Database,
+        database_url: str) -> None:
+    # GIVEN two dead letters and no invoice or ledger row for them
+    poison_keys = [poisoned["key_ghost-a"], poisoned["key_ghost-b"]]
+    assert all(db.count_invoices(k) == 0 for k in poison_keys)
+    # AND the data is fixed: the missing customers now exist
+    for who in ("ghost-a", "ghost-b"):
+        code = poisoned[f"customer_{who}"]
+        sql(database_url, "INSERT INTO customers (code, name) VALUES (%s, %s)", code, who)
+    # WHEN one is redriven by key, then the rest with --all, and the worker runs after each
+    one = cli_json("dlq", "redrive", "--key", poison_keys[0])
+    assert one["count"] == 1
+    assert run_worker(fifo_queues, db) == ["done"]
+    rest = cli_json("dlq", "redrive", "--all")
+    assert rest["count"] == 1
+    assert run_worker(fifo_queues, db) == ["done"]
+    # THEN each applied exactly once (one invoice row, one ledger row) and the DLQ is empty
+    for key in poison_keys:
+        assert db.count_invoices(key) == 1
+        ledger = sql(database_url, "SELECT COUNT(*) FROM processed_messages WHERE item_key = %s", key)
+        assert ledger[0][0] == 1
+    assert dead_letters.depth(Queue(fifo_queues.dlq_url)) == 0
+    # AND redriving again finds nothing to move
+    assert cli_json("dlq", "redrive", "--all")["count"] == 0
+
+
+def test_redrive_keeps_the_group_and_uses_a_fresh_dedup_id(poisoned: dict[str, str], local_env: Path,
+                                                           fifo_queues: FifoQueues) -> None:
+    # GIVEN a dead letter
+    key = poisoned["key_ghost-a"]
+    # WHEN it is redriven
+    assert cli_json("dlq", "redrive", "--key", key)["count"] == 1
+    # THEN the source queue holds it in its original group with a dedup id unlike the original
+    reply = fifo_queues.sqs.receive_message(QueueUrl=fifo_queues.url, MaxNumberOfMessages=10,
+                                            MessageSystemAttributeNames=["All"], VisibilityTimeout=0)
+    [message] = reply["Messages"]
+    assert message["Attributes"]["MessageGroupId"] == poisoned["customer_ghost-a"]
+    assert json.loads(message["Body"])["key"] == key
+    from sluice.envelope import dedup_id
+
+    assert message["Attributes"]["MessageDeduplicationId"] != dedup_id("invoice.record", key)
+
+
+def test_redrive_without_a_selection_and_purge_without_yes_are_refused(local_env: Path) -> None:
+    # GIVEN a reachable stage
+    runner = CliRunner()
+    # WHEN redrive names nothing to move, or purge runs unattended without --yes
+    no_selection = runner.invoke(app, ["dlq", "redrive", "--stage", "local"])
+    no_yes = runner.invoke(app, ["dlq", "purge", "--stage", "local"], input="")
+    # THEN both stop with a usage error and a reason, no traceback
+    assert no_selection.exit_code == 2 and "--all, --key K or --since T" in no_selection.output
+    assert no_yes.exit_code == 2 and "--yes" in no_yes.output
+    assert "Traceback" not in no_selection.output + no_yes.output
+
+
+def test_purge_with_yes_empties_the_dlq(poisoned: dict[str, str], local_env: Path,
+                                        fifo_queues: FifoQueues) -> None:
+    # GIVEN two dead letters
+    # WHEN `sluice dlq purge --yes` runs
+    body = cli_json("dlq", "purge", "--yes")
+    # THEN it reports them and the DLQ is empty
+    assert body["purged"] == 2
+    assert dead_letters.depth(Queue(fifo_queues.dlq_url)) == 0
+
+
+def test_a_stopped_local_stack_is_a_clear_unavailable_error(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN no local.env
+    monkeypatch.setenv(LOCAL_ENV_FILE_VAR, str(tmp_path / "absent.env"))
+    # WHEN a command needs the local stack
+    result = CliRunner().invoke(app, ["dlq", "list", "--stage", "local"])
+    # THEN it exits 3 telling how to start it
+    assert result.exit_code == 3
+    assert "sluice local up" in result.output
