@@ -20,6 +20,12 @@ with ordinary payloads that is exactly ceil(n/10) calls), sent from a small thre
 at most ``queue.max_tps`` calls per second. Entries SQS refuses inside a successful batch
 call are retried alone with backoff; what still fails is reported per item (207), and is
 safe to resubmit because dedup ids are derived from task+key.
+
+Order: batches holding items of one client-named group are sent one after another, in
+request order (see ``chain_batches``). One limit remains: an entry SQS refuses inside a
+batch is retried after the entries behind it in that batch were accepted, so a retried
+item of an ordered group can land behind later items of its group. SQS refuses single
+entries only on internal errors, and the 207 names every item concerned.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class PreparedItem:
     envelope: Envelope
     group_id: str
     body: str
+    ordered: bool = False  # the client named the group: its items must reach SQS in request order
 
     @property
     def key(self) -> str:
@@ -182,7 +189,7 @@ def prepare_items(
                                                      f"{MAX_MESSAGE_BYTES}"})
             continue
         group = group_id(task_name, envelope.key, item.get("group"), groups)
-        prepared.append(PreparedItem(index, envelope, group, body))
+        prepared.append(PreparedItem(index, envelope, group, body, ordered=bool(item.get("group"))))
     if errors:
         raise EnqueueRequestError(
             400, f"{len(errors)} of {len(items)} items are invalid; nothing was enqueued", errors)
@@ -204,6 +211,32 @@ def plan_batches(items: Sequence[PreparedItem]) -> list[list[PreparedItem]]:
     if current:
         batches.append(current)
     return batches
+
+
+def chain_batches(batches: Sequence[list[PreparedItem]]) -> list[list[list[PreparedItem]]]:
+    """Batches that share a client-named group, linked into chains sent one after another.
+
+    SQS orders a group by arrival, so two batches holding items of one ordered group must not
+    race; chains without a shared group go in parallel. Default groups (task:shard) carry no
+    order promise and link nothing, so unordered work keeps its full parallelism."""
+    parent = list(range(len(batches)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for b, batch in enumerate(batches):
+        for item in batch:
+            if item.ordered:
+                first = owner.setdefault(item.group_id, b)
+                parent[root(b)] = root(first)
+    chains: dict[int, list[list[PreparedItem]]] = {}
+    for b, batch in enumerate(batches):
+        chains.setdefault(root(b), []).append(batch)  # batch order kept inside a chain
+    return list(chains.values())
 
 
 @dataclass
@@ -285,14 +318,18 @@ class Enqueuer:
         """Validate (raises EnqueueRequestError, nothing sent) and send every item."""
         items = self.prepare(raw, trace_id)
         result = EnqueueResult(items=items)
-        batches = plan_batches(items)
-        if len(batches) == 1:
-            self._send(batches[0], result)
+        chains = chain_batches(plan_batches(items))
+        if len(chains) == 1:
+            self._send_chain(chains[0], result)
         else:
-            with ThreadPoolExecutor(max_workers=min(self.threads, len(batches))) as pool:
-                for future in [pool.submit(self._send, batch, result) for batch in batches]:
+            with ThreadPoolExecutor(max_workers=min(self.threads, len(chains))) as pool:
+                for future in [pool.submit(self._send_chain, chain, result) for chain in chains]:
                     future.result()
         return result
+
+    def _send_chain(self, chain: list[list[PreparedItem]], result: EnqueueResult) -> None:
+        for batch in chain:
+            self._send(batch, result)
 
     def _send(self, batch: list[PreparedItem], result: EnqueueResult) -> None:
         """Send one batch; re-send only the entries SQS refused, with jittered exponential backoff."""

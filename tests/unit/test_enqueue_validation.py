@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from sluice.enqueue import EnqueueRequestError, decode_request, plan_batches, prepare_items
+from sluice.enqueue import EnqueueRequestError, chain_batches, decode_request, plan_batches, prepare_items
 from sluice.envelope import Envelope, dedup_id
 from sluice.tasks import load_tasks, task
 
@@ -160,3 +160,15 @@ def test_batches_are_tens_in_request_order() -> None:
     batches = plan_batches(prepared)
     assert [len(b) for b in batches] == [10, 10, 5]
     assert [p.index for b in batches for p in b] == list(range(25))
+
+
+def test_batches_sharing_a_client_group_form_one_ordered_chain() -> None:
+    # GIVEN 30 items: "acme" items at 0 and 25 (batches 0 and 2), the rest in default groups
+    items = [invoice(i) for i in range(30)]
+    items[0]["group"] = "acme"
+    items[25]["group"] = "acme"
+    # WHEN chained
+    chains = chain_batches(plan_batches(prepare(items)))
+    # THEN batches 0 and 2 are one chain, in order; batch 1 may go in parallel
+    firsts = sorted([b[0].index for b in chain] for chain in chains)
+    assert firsts == [[0, 20], [10]]

@@ -1,0 +1,184 @@
+"""The drain loop against a real (moto) SQS FIFO queue, with a worker stand-in that really
+deletes its messages. The stand-in is the Lambda client: it has boto3's ``invoke`` shape."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from sluice.aws import FunctionInvoker, Queue
+from sluice.budget import BatchBudget
+from sluice.drain import Drainer
+from sluice.enqueue import Enqueuer
+from sluice.envelope import Envelope
+
+pytestmark = pytest.mark.functional
+
+
+class WorkerStandIn:
+    """Applies each record by noting it, deletes it from the queue, answers like sluice's worker.
+
+    ``throttle_first`` invokes are refused with a 429, ``fail_first`` answer as a function error;
+    ``work_s`` is how long one batch pretends to work (the duration the budget measures)."""
+
+    def __init__(
+        self, sqs: Any, *, throttle_first: int = 0, fail_first: int = 0, work_s: float = 0.0
+    ) -> None:
+        self.sqs = sqs
+        self.throttle_first = throttle_first
+        self.fail_first = fail_first
+        self.work_s = work_s
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.running = 0
+        self.peak = 0
+        self.applied: dict[str, list[str]] = defaultdict(list)  # group -> keys in applied order
+        self.batches: list[list[str]] = []
+
+    def invoke(self, FunctionName: str, InvocationType: str, Payload: bytes) -> dict[str, Any]:  # noqa: N803
+        event = json.loads(Payload)
+        with self.lock:
+            self.calls += 1
+            call = self.calls
+            if call <= self.throttle_first:
+                raise ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "Rate Exceeded"},
+                                   "ResponseMetadata": {"HTTPStatusCode": 429}}, "Invoke")
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            if self.work_s:
+                time.sleep(self.work_s)  # the work itself, not a wait for something
+            if call <= self.throttle_first + self.fail_first:
+                return {"StatusCode": 200, "FunctionError": "Unhandled",
+                        "Payload": io.BytesIO(b'{"errorMessage": "boom", "errorType": "RuntimeError"}')}
+            results = []
+            with self.lock:
+                self.batches.append([r["attributes"]["MessageGroupId"] for r in event["Records"]])
+            for record in event["Records"]:
+                envelope = Envelope.from_body(record["body"])
+                with self.lock:
+                    self.applied[record["attributes"]["MessageGroupId"]].append(envelope.key)
+                self.sqs.delete_message(QueueUrl=event["queueUrl"], ReceiptHandle=record["receiptHandle"])
+                results.append({"messageId": record["messageId"], "outcome": "done", "ms": 1})
+            body = {"batchItemFailures": [], "results": results}
+            return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(body).encode())}
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def fill(fifo: Any, groups: int, per_group: int) -> list[str]:
+    items = [{"task": "invoice.record", "key": f"g{g}-{n:03d}", "group": f"g{g}",
+              "payload": {"customer": "acme", "amount_cents": 1 + n, "currency": "EUR"}}
+             for n in range(per_group) for g in range(groups)]
+    Enqueuer(Queue(fifo.url, sqs=fifo.sqs)).enqueue({"items": items})
+    return [i["key"] for i in items]
+
+
+def counts(fifo: Any) -> tuple[int, int]:
+    attrs = fifo.sqs.get_queue_attributes(
+        QueueUrl=fifo.url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def drainer(fifo: Any, worker: WorkerStandIn, *, budget_ms: float = 20_000, slots: int = 2,
+            max_rate: float = 1000, batch_size: int = 10, **kw: Any) -> Drainer:
+    deadline = time.monotonic() + budget_ms / 1000
+    return Drainer(
+        Queue(fifo.url, sqs=fifo.sqs),
+        FunctionInvoker("worker", 5, lambda_client=worker),
+        remaining_ms=lambda: (deadline - time.monotonic()) * 1000,
+        slots=slots, max_rate=max_rate, batch_size=batch_size, wait_s=0,
+        safety_margin_ms=kw.pop("safety_margin_ms", 500),
+        budget=kw.pop("budget", BatchBudget(5000, prior_ms=200)),
+        queue_arn=fifo.arn, throttle_backoff_s=0.05, **kw,
+    )
+
+
+def test_drains_everything_in_group_order_within_the_cap(fifo_queues: Any) -> None:
+    # GIVEN 7 groups of 5 ordered items
+    fill(fifo_queues, groups=7, per_group=5)
+    worker = WorkerStandIn(fifo_queues.sqs, work_s=0.02)
+    # WHEN one drain runs with 2 slots and batches of 4
+    report = drainer(fifo_queues, worker, slots=2, batch_size=4).run()
+    # THEN every item was applied once, each group in its enqueue order
+    assert report.stopped_because == "queue_empty"
+    assert sum(len(keys) for keys in worker.applied.values()) == 35
+    for g in range(7):
+        assert worker.applied[f"g{g}"] == [f"g{g}-{n:03d}" for n in range(5)]
+    # AND the counts agree, parallelism stayed within the cap, the queue is empty
+    assert (report.received, report.dispatched, report.succeeded, report.released) == (35, 35, 35, 0)
+    assert 1 <= worker.peak <= 2 and report.peak_parallel <= 2
+    assert all(len(b) <= 4 for b in worker.batches)
+    assert counts(fifo_queues) == (0, 0)
+    assert report.used_ms < report.budget_ms
+
+
+def test_throttled_invokes_release_their_messages_and_back_off(fifo_queues: Any) -> None:
+    # GIVEN a worker that is throttled on its first 2 invokes
+    fill(fifo_queues, groups=3, per_group=2)
+    worker = WorkerStandIn(fifo_queues.sqs, throttle_first=2)
+    # WHEN drained
+    report = drainer(fifo_queues, worker, slots=1).run()
+    # THEN the throttled batches were released at once, received again and applied
+    assert report.throttled == 2
+    assert report.released >= 2
+    assert sum(len(keys) for keys in worker.applied.values()) == 6
+    assert report.succeeded == 6
+    assert counts(fifo_queues) == (0, 0)
+
+
+def test_function_error_leaves_messages_in_flight(fifo_queues: Any) -> None:
+    # GIVEN a worker whose first invoke fails as a function error
+    fill(fifo_queues, groups=1, per_group=3)
+    worker = WorkerStandIn(fifo_queues.sqs, fail_first=1)
+    # WHEN drained
+    report = drainer(fifo_queues, worker, slots=1).run()
+    # THEN the drain counted the error and did not release or retry the messages itself:
+    # they stay in flight until their visibility timeout (then SQS redrives after maxReceiveCount)
+    assert report.invoke_errors == 1
+    assert report.released == 0 and report.succeeded == 0
+    assert counts(fifo_queues) == (0, 3)
+    assert report.stopped_because == "queue_empty"
+
+
+def test_stops_at_its_budget_holding_no_undispatched_message(fifo_queues: Any) -> None:
+    # GIVEN 8 groups of 4 and a worker taking 0.3 s per batch; a 1.6 s budget with 0.5 s margin
+    fill(fifo_queues, groups=8, per_group=4)
+    worker = WorkerStandIn(fifo_queues.sqs, work_s=0.3)
+    started = time.monotonic()
+    # WHEN drained with one slot and batches of 4
+    report = drainer(fifo_queues, worker, budget_ms=1600, slots=1, batch_size=4,
+                     budget=BatchBudget(5000, prior_ms=300)).run()
+    elapsed_ms = (time.monotonic() - started) * 1000
+    # THEN it stopped for its budget, before the deadline
+    assert report.stopped_because == "budget"
+    assert elapsed_ms < 1600
+    assert report.used_ms <= report.budget_ms
+    # AND what it did not dispatch is visible again now: nothing held, nothing lost
+    visible, in_flight = counts(fifo_queues)
+    assert in_flight == 0
+    assert visible + report.succeeded == 32
+    assert 0 < report.succeeded < 32
+    assert report.received == report.dispatched + report.released
+
+
+def test_dispatch_rate_is_capped(fifo_queues: Any) -> None:
+    # GIVEN 30 items in 10 groups and a cap of 40 messages/s (burst of one batch of 10)
+    fill(fifo_queues, groups=10, per_group=3)
+    worker = WorkerStandIn(fifo_queues.sqs)
+    started = time.monotonic()
+    # WHEN drained
+    report = drainer(fifo_queues, worker, slots=2, max_rate=40).run()
+    elapsed = time.monotonic() - started
+    # THEN the 20 messages past the burst took at least 20/40 s
+    assert report.succeeded == 30
+    assert elapsed >= 0.45
