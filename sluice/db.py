@@ -123,7 +123,9 @@ class DbCredentials:
         """Read an RDS-shaped secret: {"username", "password", "host", "port", "dbname"}."""
         if not isinstance(secret, dict):
             raise DbConfigError("database secret is not a JSON object")
-        missing = [k for k in ("username", "password", "host") if not secret.get(k)]
+        missing = [k for k in ("username", "host") if not secret.get(k)]
+        if not isinstance(secret.get("password"), str):
+            missing.append("password")  # present but empty is allowed: a local server without one
         if missing:
             raise DbConfigError(f"database secret lacks {', '.join(missing)}")
         try:
@@ -292,6 +294,9 @@ class Database:
             try:
                 self._conn = open_connection(self.credentials(), connect_timeout=self._connect_timeout,
                                              read_timeout=self._read_timeout, program=self._program)
+            except DbConfigError as exc:
+                # Not any item's fault: items wait (and finally dead-letter with this reason).
+                raise DbUnavailableError(f"database credentials are unusable: {exc}") from exc
             except TransientDbError as exc:
                 if exc.code == 1045:
                     self._refetch_secret = True  # rotated password: read the secret again next time
