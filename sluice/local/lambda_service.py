@@ -219,6 +219,8 @@ class _FunctionPool:
             self._cond.notify_all()
         if dropped:
             self._log(f"[sluice] stopped with {dropped} queued event(s) not run")
+        for sandbox in sandboxes:  # kill them all first: each stop() then finds its process gone
+            sandbox.kill()
         for sandbox in sandboxes:
             sandbox.stop()
         self._dispatcher.join(timeout=5)
@@ -238,6 +240,9 @@ class LambdaService:
                 raise LambdaServiceError(f"function {definition.name!r}: timeout_s must be positive")
             if definition.reserved_concurrency is not None and definition.reserved_concurrency < 0:
                 raise LambdaServiceError(f"function {definition.name!r}: reserved_concurrency must be >= 0")
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in definition.environment.items()):
+                raise LambdaServiceError(
+                    f"function {definition.name!r}: environment names and values must be strings")
             if not Path(definition.cwd).is_dir():
                 raise LambdaServiceError(
                     f"function {definition.name!r}: cwd {definition.cwd!r} is not a directory")

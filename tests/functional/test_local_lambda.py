@@ -19,7 +19,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from sluice.local.lambda_service import FunctionDefinition, LambdaService
+from sluice.local.lambda_service import FunctionDefinition, LambdaService, LambdaServiceError
 
 pytestmark = pytest.mark.functional
 
@@ -289,3 +289,18 @@ def test_bad_spec_is_a_clear_error(tmp_path: Path) -> None:
     # THEN it exits 2 with a message, not a traceback
     assert done.returncode == 2
     assert "needs 'name' and 'handler'" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("bad", "reason"), [
+    ({"environment": {"N": 1}}, "must be strings"),
+    ({"cwd": "no/such/dir"}, "is not a directory"),
+    ({"timeout_s": 0}, "timeout_s must be positive"),
+])
+def test_bad_definitions_are_rejected_before_anything_starts(bad: dict[str, Any], reason: str,
+                                                             tmp_path: Path) -> None:
+    # GIVEN a definition with one bad field
+    fields: dict[str, Any] = {"name": "f", "handler": "toy.echo", "cwd": FIXTURES, **bad}
+    # WHEN a service is built from it
+    # THEN it is refused with the reason
+    with pytest.raises(LambdaServiceError, match=reason):
+        LambdaService([FunctionDefinition(**fields)], log_dir=tmp_path)
