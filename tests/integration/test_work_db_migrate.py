@@ -1,0 +1,70 @@
+"""`sluice db migrate` against the real MariaDB, through typer's CliRunner."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from sluice.cli import app
+from sluice.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE
+from sluice.db import Database, connect_admin
+from tests.conftest import admin_url, free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def scratch_url() -> Iterator[str]:
+    """A database name of this test's own; the command creates it, the fixture drops it."""
+    name = f"sluice_cli_{uuid.uuid4().hex[:10]}"
+    base = admin_url().rstrip("/")
+    yield f"{base}/{name}"
+    admin = connect_admin(base + "/")
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    admin.close()
+
+
+def test_migrate_local_applies_every_migration_once(scratch_url: str) -> None:
+    runner = CliRunner()
+
+    # GIVEN DATABASE_URL naming a database that does not exist yet
+    # WHEN `sluice db migrate --stage local` runs twice
+    env = {"DATABASE_URL": scratch_url}
+    first = runner.invoke(app, ["db", "migrate", "--stage", "local", "--json"], env=env)
+    second = runner.invoke(app, ["db", "migrate", "--stage", "local"], env=env)
+
+    # THEN the first run creates and migrates it, the second finds nothing to do
+    assert first.exit_code == 0, first.output
+    assert '"0001_ledger"' in first.output and '"0002_invoices"' in first.output
+    assert second.exit_code == 0, second.output
+    assert "up to date" in second.output
+    db = Database(url=scratch_url)
+    assert db.count_processed() == 0 and db.count_invoices() == 0
+    db.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "code", "words"),
+    [
+        ("postgres://someone@127.0.0.1/db", EXIT_USAGE, "must start with mysql://"),
+        ("mysql://root@127.0.0.1:notaport/db", EXIT_USAGE, "malformed"),
+        ("mysql://root@127.0.0.1:{port}/db", EXIT_UNAVAILABLE, "cannot reach the database"),
+    ],
+    ids=["wrong-scheme", "bad-port", "nothing-listening"],
+)
+def test_migrate_with_a_bad_url_says_why_without_a_traceback(url: str, code: int, words: str) -> None:
+    # GIVEN a DATABASE_URL that cannot work
+    env = {"DATABASE_URL": url.format(port=free_port())}
+
+    # WHEN migrating
+    result = CliRunner().invoke(app, ["db", "migrate", "--stage", "local"], env=env)
+
+    # THEN one clear line and a non-zero exit code, no traceback
+    assert result.exit_code == code, result.output
+    assert words in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
