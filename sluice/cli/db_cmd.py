@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -52,7 +53,7 @@ def local_database_url() -> str:
     return ""
 
 
-def _migrate_url(url: str) -> dict[str, object]:
+def _migrate_url(url: str) -> dict[str, Any]:
     from sluice.db import DbConfigError, DbCredentials, DbError, TransientDbError
     from sluice.migrations import apply_migrations
 
@@ -68,7 +69,7 @@ def _migrate_url(url: str) -> dict[str, object]:
     return {"database": target, "applied": applied}
 
 
-def _migrate_deployed(stage: str) -> dict[str, object]:
+def _migrate_deployed(stage: str) -> dict[str, Any]:
     from sluice.aws import AwsError, FunctionInvoker
 
     settings = load_settings(stage)
@@ -98,7 +99,7 @@ def migrate(stage: str = StageOption, as_json: bool = JsonOption) -> None:
     if as_json:
         emit_json(outcome)
         return
-    applied = outcome.get("applied") or []
+    applied: list[str] = list(outcome.get("applied") or [])
     where = outcome.get("database") or outcome.get("function")
     if applied:
         console.print(f"[green]applied {len(applied)} migration(s) to {where}:[/green] {', '.join(applied)}")
