@@ -1,0 +1,312 @@
+"""The whole local stack in one object: `LocalStack(settings).start()` ... `.stop()`.
+
+Servers it starts, all on 127.0.0.1: a moto server (Secrets Manager and the rest), an SQS
+server (fauxqs by default; moto, or any URL), MariaDB (found or private), the Lambda service
+running the functions of ``sluice.functions.function_table``, the HTTP API in front of the
+enqueuer and the schedule for the consumers. Once everything answers it writes
+``.sluice/local.env`` and a state file with every child pid, so `sluice local down` can stop
+the stack, and clean up after it even if the stack process itself was killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from sluice.functions import function_table
+from sluice.local.env import (
+    DUMMY_ACCESS_KEY_ID,
+    DUMMY_SECRET_ACCESS_KEY,
+    LOCAL_DIR,
+    write_local_env,
+)
+from sluice.local.fauxqs import FauxqsServer
+from sluice.local.http_api import HttpApi, lambda_invoker
+from sluice.local.lambda_service import FunctionDefinition, LambdaService, LambdaServiceError
+from sluice.local.mariadb import LocalDatabase, find_database
+from sluice.local.moto_server import MotoServer
+from sluice.local.processes import LocalServiceError, choose_port
+from sluice.local.resources import QueueUrls, create_db_secret, create_queues
+from sluice.local.scheduler import ACCOUNT_ID, Scheduler
+from sluice.settings import PROJECT_ROOT, Settings
+
+STATE_FILE = "stack.json"
+
+
+class StackAlreadyRunningError(LocalServiceError):
+    """Another local stack owns this state directory."""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); it is not running.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+def read_state(local_dir: Path = LOCAL_DIR) -> dict[str, Any] | None:
+    try:
+        state: dict[str, Any] = json.loads((local_dir / STATE_FILE).read_text())
+        return state
+    except (OSError, ValueError):
+        return None
+
+
+def running_stack(local_dir: Path = LOCAL_DIR) -> dict[str, Any] | None:
+    """The state of the stack running from ``local_dir``, or None (a stale state file is ignored)."""
+    state = read_state(local_dir)
+    if state and pid_alive(int(state.get("pid", 0))):
+        return state
+    return None
+
+
+@dataclass
+class LocalStack:
+    settings: Settings
+    sqs: str = "fauxqs"  # "fauxqs" | "moto" | http(s)://URL
+    api_port: int | None = None
+    lambda_port: int | None = None
+    sqs_port: int | None = None
+    moto_port: int | None = None
+    database_url: str | None = None  # None: DATABASE_URL, else 127.0.0.1:3306, else a private mariadbd
+    tick_s: float | None = None  # None: settings.local.tick_s
+    local_dir: Path = LOCAL_DIR
+    extra_function_env: dict[str, str] = field(default_factory=dict)
+    schedule: bool = True  # False: no ticks (a test or the CLI invokes the consumer itself)
+    write_env: bool = True
+
+    moto: MotoServer | None = field(default=None, init=False)
+    fauxqs: FauxqsServer | None = field(default=None, init=False)
+    database: LocalDatabase | None = field(default=None, init=False)
+    lambdas: LambdaService | None = field(default=None, init=False)
+    api: HttpApi | None = field(default=None, init=False)
+    scheduler: Scheduler | None = field(default=None, init=False)
+    queues: QueueUrls | None = field(default=None, init=False)
+    env: dict[str, str] = field(default_factory=dict, init=False)
+    sqs_url: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        if self.sqs not in ("fauxqs", "moto") and not self.sqs.startswith(("http://", "https://")):
+            raise LocalServiceError(f"--sqs {self.sqs!r} is not fauxqs, moto or an http(s):// URL")
+        self.region = self.settings.region
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def function_name(self, key: str) -> str:
+        return self.settings.function_name(key)
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.local_dir / "logs"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> dict[str, str]:
+        """Start everything; on any failure stop what was started and re-raise. Returns the env."""
+        other = running_stack(self.local_dir)
+        if other is not None:
+            raise StackAlreadyRunningError(
+                f"a local stack is already running (pid {other['pid']}, API {other.get('api_url', '?')}): "
+                "use it, or stop it with `sluice local down`")
+        self.local_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self.env
+
+    def _start(self) -> None:
+        # Ports asked for explicitly are checked up front, so a taken one fails before anything starts.
+        if self.api_port:
+            choose_port(self.api_port, "the HTTP API")
+        # The functions' environment names the Lambda endpoint (the consumer invokes workers there),
+        # so its port is settled before the service starts.
+        lambda_port = choose_port(self.lambda_port, "the Lambda service")
+        lambda_url = f"http://127.0.0.1:{lambda_port}"
+        self.moto = MotoServer(self.moto_port, self.logs_dir / "moto.log")
+        moto_url = self.moto.start()
+        if self.sqs == "fauxqs":
+            self.fauxqs = FauxqsServer(self.sqs_port, self.logs_dir / "fauxqs.log")
+            self.sqs_url = self.fauxqs.start()
+        elif self.sqs == "moto":
+            self.sqs_url = moto_url
+        else:
+            self.sqs_url = self.sqs.rstrip("/")
+        self._write_state()
+        self.database = find_database(self.settings.database.name, self.local_dir / "mariadb",
+                                      database_url=self.database_url)
+        self._write_state()
+        aws = {"region_name": self.region, "aws_access_key_id": DUMMY_ACCESS_KEY_ID,
+               "aws_secret_access_key": DUMMY_SECRET_ACCESS_KEY}
+        self.queues = create_queues(boto3.client("sqs", endpoint_url=self.sqs_url, **aws), self.settings)
+        secret_arn = create_db_secret(boto3.client("secretsmanager", endpoint_url=moto_url, **aws),
+                                      self.settings, self.database.url)
+        function_env = {
+            **self.settings.runtime_env(queue_url=self.queues.url, dlq_url=self.queues.dlq_url,
+                                        worker_function=self.function_name("worker"),
+                                        db_secret_id=secret_arn),
+            # An RDS secret always has a password; the machine's root may not, so the URL (which wins
+            # over the secret in the handlers) is passed too. The secret is still made and valid.
+            "DATABASE_URL": self.database.url,
+            "AWS_ENDPOINT_URL": moto_url,
+            "AWS_ENDPOINT_URL_SQS": self.sqs_url,
+            "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+            **self.extra_function_env,
+        }
+        function_env.pop("AWS_SESSION_TOKEN", None)
+        definitions = [
+            FunctionDefinition.from_spec(spec, name=self.function_name(key), environment=function_env,
+                                         cwd=str(PROJECT_ROOT))
+            for key, spec in function_table(self.settings).items()
+        ]
+        self.lambdas = LambdaService(definitions, port=lambda_port, log_dir=self.logs_dir, region=self.region)
+        try:
+            self.lambdas.start()
+        except LambdaServiceError as exc:
+            raise LocalServiceError(str(exc)) from exc
+        enqueuer = function_table(self.settings)["enqueuer"]
+        self.api = HttpApi(lambda_invoker(self.function_name("enqueuer"), lambda_url, enqueuer.timeout_s,
+                                          self.region),
+                           port=self.api_port, openapi_path=PROJECT_ROOT / "docs" / "openapi.yaml")
+        api_url = self.api.start()
+        consumer = function_table(self.settings)["consumer"]
+        self.scheduler = Scheduler(
+            lambda_invoker(self.function_name("consumer"), lambda_url, consumer.timeout_s, self.region),
+            consumers=self.settings.drain.consumers,
+            tick_s=self.tick_s if self.tick_s is not None else self.settings.local.tick_s,
+            rule_arn=f"arn:aws:events:{self.region}:{ACCOUNT_ID}:rule/{self.function_name('consumer')}-schedule",
+            region=self.region,
+        )
+        self.env = {
+            "AWS_ENDPOINT_URL": moto_url,
+            "AWS_ENDPOINT_URL_SQS": self.sqs_url,
+            "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+            "SLUICE_API_URL": api_url,
+            "DATABASE_URL": self.database.url,
+            "SLUICE_QUEUE_URL": self.queues.url,
+            "SLUICE_DLQ_URL": self.queues.dlq_url,
+            "SLUICE_LAMBDA_STATS_URL": f"{lambda_url}/sluice/stats",
+            "SLUICE_STAGE": self.settings.stage,
+            "SLUICE_STACK_PID": str(os.getpid()),
+        }
+        if self.schedule:
+            self.scheduler.start()
+        self._write_state()
+        if self.write_env:
+            write_local_env(self.env, self.local_dir / "local.env")
+
+    def stop(self) -> None:
+        """Stop everything this stack started, last started first; safe to call twice."""
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.api is not None:
+            self.api.stop()
+        if self.lambdas is not None:
+            self.lambdas.stop()
+        if self.database is not None:
+            self.database.stop()
+        if self.fauxqs is not None:
+            self.fauxqs.stop()
+        if self.moto is not None:
+            self.moto.stop()
+        state = read_state(self.local_dir)
+        if state is not None and state.get("pid") == os.getpid():
+            (self.local_dir / STATE_FILE).unlink(missing_ok=True)
+            if self.write_env:
+                (self.local_dir / "local.env").unlink(missing_ok=True)
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _children(self) -> dict[str, int]:
+        """Pids of the server processes (each leads its own process group)."""
+        children: dict[str, int] = {}
+        for name, server in (("moto", self.moto), ("fauxqs", self.fauxqs)):
+            if server is not None and server.pid:
+                children[name] = server.pid
+        if self.database is not None and self.database.private is not None and self.database.private.pid:
+            children["mariadbd"] = self.database.private.pid
+        return children
+
+    def _write_state(self) -> None:
+        state = {"pid": os.getpid(), "stage": self.settings.stage, "sqs": self.sqs,
+                 "children": self._children(), "api_url": self.env.get("SLUICE_API_URL", ""),
+                 "database": self.database.source if self.database else ""}
+        tmp = self.local_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.local_dir / STATE_FILE)
+
+    def status(self) -> dict[str, Any]:
+        """What runs, where, and how busy it is (for `sluice local status` and the demo)."""
+        functions = {name: s.as_dict() for name, s in self.lambdas.stats().items()} if self.lambdas else {}
+        return {
+            "pid": os.getpid(),
+            "stage": self.settings.stage,
+            "sqs": {"server": self.sqs, "url": self.sqs_url,
+                    "alive": self.fauxqs.alive() if self.fauxqs else bool(self.sqs_url)},
+            "moto": {"url": self.moto.url if self.moto and self.moto.port else "",
+                     "alive": bool(self.moto and self.moto.alive())},
+            "database": {"source": self.database.source if self.database else "",
+                         "private_alive": bool(self.database and self.database.private
+                                               and self.database.private.alive())},
+            "api_url": self.env.get("SLUICE_API_URL", ""),
+            "lambda_url": self.env.get("AWS_ENDPOINT_URL_LAMBDA", ""),
+            "queues": {"url": self.queues.url, "dlq_url": self.queues.dlq_url} if self.queues else {},
+            "functions": functions,
+            "schedule": self.scheduler.stats() if self.scheduler else {},
+        }
+
+
+def stop_stack(local_dir: Path = LOCAL_DIR, timeout_s: float = 30.0) -> str:
+    """Stop the stack running from ``local_dir`` (by its pid file); returns what was done."""
+    import time
+
+    state = read_state(local_dir)
+    if state is None:
+        return "no local stack is running"
+    pid = int(state.get("pid", 0))
+    if pid and pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    # Whatever the stack process could not stop itself (it was killed): stop by process group.
+    for child in state.get("children", {}).values():
+        if pid_alive(int(child)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(child), signal.SIGTERM)
+    for name in (STATE_FILE, "local.env"):
+        (local_dir / name).unlink(missing_ok=True)
+    return f"stopped the local stack (pid {pid})"
