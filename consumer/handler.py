@@ -29,6 +29,8 @@ class _Container:
 
 
 _container: _Container | None = None
+# A Lambda client to use instead of boto3's (an in-process stand-in in tests; None = boto3).
+_lambda_client: Any | None = None
 
 
 def get_container() -> _Container:
@@ -38,7 +40,8 @@ def get_container() -> _Container:
         _container = _Container(
             config=config,
             queue=Queue(config.queue_url),
-            invoker=FunctionInvoker(config.worker_function, config.worker_timeout_s),
+            invoker=FunctionInvoker(config.worker_function, config.worker_timeout_s,
+                                    lambda_client=_lambda_client),
             budget=BatchBudget(config.worker_timeout_s * 1000),
         )
     if not _container.queue_arn:
@@ -46,10 +49,12 @@ def get_container() -> _Container:
     return _container
 
 
-def reset() -> None:
-    """Forget the cached dependencies (tests change the environment between cases)."""
-    global _container
+def reset(lambda_client: Any | None = None) -> None:
+    """Forget the cached dependencies (tests change the environment between cases), and
+    optionally invoke workers through ``lambda_client`` (boto3's ``invoke`` shape)."""
+    global _container, _lambda_client
     _container = None
+    _lambda_client = lambda_client
 
 
 @logger.inject_lambda_context(clear_state=True)
