@@ -7,6 +7,7 @@ records what ran and holds a lock, so concurrent or repeated runs apply each ste
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from sluice.db import DbCredentials, DbError, classify, ensure_database
@@ -44,15 +45,19 @@ def apply_migrations(database_url: str) -> list[str]:
                       port=creds.port, database=creds.database,
                       args={"connect_timeout": 5, "charset": "utf8mb4", "program_name": "sluice-migrate"})
     try:
-        backend = get_backend_class("mysql")(uri, "_yoyo_migration")
-        backend.init_database()
-        # Only the .sql files: yoyo would also take this package's own __init__.py for a migration.
-        shipped = set(migration_ids())
-        migrations = MigrationList([m for m in read_migrations(str(MIGRATIONS_DIR)) if m.id in shipped])
-        with backend.lock():
-            pending = backend.to_apply(migrations)
-            applied = [m.id for m in pending]
-            backend.apply_migrations(pending)
+        with warnings.catch_warnings():
+            # yoyo 9 still passes pymysql's old 'db'/'passwd' keywords (on every connect it makes);
+            # nothing for our users to act on.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            backend = get_backend_class("mysql")(uri, "_yoyo_migration")
+            backend.init_database()
+            # Only the .sql files: yoyo would also take this package's own __init__.py for a migration.
+            shipped = set(migration_ids())
+            migrations = MigrationList([m for m in read_migrations(str(MIGRATIONS_DIR)) if m.id in shipped])
+            with backend.lock():
+                pending = backend.to_apply(migrations)
+                applied = [m.id for m in pending]
+                backend.apply_migrations(pending)
     except (pymysql.MySQLError, OSError) as exc:
         error = classify(exc)
         if type(error) is DbError:

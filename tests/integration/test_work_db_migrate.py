@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
+from awslambdaric.lambda_context import LambdaContext
 from typer.testing import CliRunner
 
 from sluice.cli import app
@@ -68,3 +70,23 @@ def test_migrate_with_a_bad_url_says_why_without_a_traceback(url: str, code: int
     assert words in " ".join(result.output.split())
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_the_migrate_function_migrates_with_the_worker_credentials(scratch_url: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import worker.migrate
+
+    # GIVEN the migrate function's environment pointing at an empty database
+    monkeypatch.setenv("DATABASE_URL", scratch_url)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "sluice-test-migrate")
+    context = LambdaContext("req-1", None, None, int(time.time() * 1000) + 60_000,
+                            "arn:aws:lambda:us-east-1:123456789012:function:sluice-test-migrate")
+
+    # WHEN it is invoked twice
+    first = worker.migrate.lambda_handler({}, context)
+    second = worker.migrate.lambda_handler({}, context)
+
+    # THEN it applies every migration once and reports what it did, without the password
+    assert first["applied"] == ["0001_ledger", "0002_invoices"] == first["known"]
+    assert second["applied"] == []
+    assert first["database"].endswith(scratch_url.rsplit("/", 1)[1])
