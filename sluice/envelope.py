@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,19 @@ ENVELOPE_VERSION = 1
 MAX_KEY_LENGTH = 256
 # SQS allows 128 characters in a MessageGroupId from [A-Za-z0-9] and punctuation.
 MAX_GROUP_LENGTH = 128
+# SQS refuses a body holding any character outside #x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD
+# #x10000-#x10FFFF, and some SQS servers (fauxqs) refuse the astral planes too. JSON already
+# escapes the controls; these are the rest. They can only occur inside JSON strings, where a
+# \u escape (a surrogate pair above U+FFFF) means the same character to whoever parses the body.
+_SQS_UNSAFE = re.compile("[\ud800-\udfff\ufffe\uffff\U00010000-\U0010ffff]")
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 class EnvelopeError(ValueError):
@@ -65,10 +79,11 @@ class Envelope:
         return dedup_id(self.task, self.key)
 
     def to_body(self) -> str:
-        return canonical_json(
+        body = canonical_json(
             {"v": self.v, "task": self.task, "key": self.key, "payload": self.payload,
              "enqueued_at": self.enqueued_at, "trace_id": self.trace_id}
         )
+        return _SQS_UNSAFE.sub(_json_escape, body)
 
     @classmethod
     def new(cls, task: str, key: str | None, payload: Any, trace_id: str | None = None) -> Envelope:
