@@ -1,0 +1,243 @@
+"""The packaged template says what config/<stage>.yml and the function table say."""
+
+from __future__ import annotations
+
+import tomllib
+import zipfile
+
+import pytest
+
+from sluice.functions import function_table
+from sluice.settings import PROJECT_ROOT, RUNTIME_ENV_NAMES
+
+from .cfn import condition, exists, grants, role_of
+from .conftest import Packaged
+
+pytestmark = pytest.mark.infra
+
+# What each function may do on SQS, Lambda and Secrets Manager, and on which resource: nothing more.
+EXPECTED_GRANTS = {
+    "enqueuer": {("sqs:SendMessage", "JobsQueue")},
+    "consumer": {
+        ("sqs:ReceiveMessage", "JobsQueue"),
+        ("sqs:ChangeMessageVisibility", "JobsQueue"),
+        ("sqs:GetQueueAttributes", "JobsQueue"),
+        ("lambda:InvokeFunction", "WorkerLambdaFunction"),
+    },
+    "worker": {
+        ("sqs:DeleteMessage", "JobsQueue"),
+        ("sqs:ChangeMessageVisibility", "JobsQueue"),
+        ("sqs:SendMessage", "DeadLetterQueue"),
+        ("secretsmanager:GetSecretValue", "secret"),
+    },
+    "migrate": {("secretsmanager:GetSecretValue", "secret")},
+}
+GUARDED = ("sqs:", "lambda:", "secretsmanager:")
+
+
+def same_value(a: str, b: str) -> bool:
+    """Equal as numbers when both are numbers ('200' and '200.0' mean the same rate)."""
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
+
+
+def logical_id(key: str) -> str:
+    return f"{key.capitalize()}LambdaFunction"
+
+
+def test_queue_and_dlq_follow_config(packaged: Packaged) -> None:
+    # GIVEN the packaged template and the stage's settings
+    q = packaged.settings.queue
+    resources = packaged.resources
+    # WHEN reading the two queues
+    jobs, dlq = resources["JobsQueue"]["Properties"], resources["DeadLetterQueue"]["Properties"]
+    # THEN both are FIFO and encrypted, with the configured visibility, retention and redrive
+    assert jobs["QueueName"] == q.fifo_name and dlq["QueueName"] == q.dlq_fifo_name
+    assert jobs["FifoQueue"] is True and dlq["FifoQueue"] is True
+    assert jobs["SqsManagedSseEnabled"] is True and dlq["SqsManagedSseEnabled"] is True
+    assert jobs["ContentBasedDeduplication"] is False  # the enqueuer sets its own dedup ids
+    assert jobs["VisibilityTimeout"] == q.visibility_s
+    assert jobs["MessageRetentionPeriod"] == q.retention_s
+    assert jobs["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]},
+                                     "maxReceiveCount": q.max_receive_count}
+    assert dlq["MessageRetentionPeriod"] == q.dlq_retention_days * 86400 == 14 * 86400
+
+
+def test_functions_agree_with_the_function_table(packaged: Packaged) -> None:
+    # GIVEN the function table the local stack runs from the same settings
+    settings = packaged.settings
+    table = function_table(settings)
+    resources = packaged.resources
+    functions = {k for k, v in resources.items() if v["Type"] == "AWS::Lambda::Function"}
+    # THEN the template has exactly those functions, each with the table's settings
+    assert functions == {logical_id(key) for key in table}
+    expected_env = settings.runtime_env(queue_url="<ref>", dlq_url="<ref>",
+                                        worker_function=settings.function_name("worker"))
+    for key, spec in table.items():
+        props = resources[logical_id(key)]["Properties"]
+        assert props["FunctionName"] == settings.function_name(key)
+        assert props["Handler"] == spec.handler
+        assert props["Timeout"] == spec.timeout_s
+        assert props["MemorySize"] == spec.memory_mb
+        assert props.get("ReservedConcurrentExecutions") == spec.reserved_concurrency, key
+        env = props["Environment"]["Variables"]
+        assert tuple(env) == spec.env_names == RUNTIME_ENV_NAMES
+        # literal values equal what the settings derive; the rest are references to stack resources
+        literal = {k: v for k, v in env.items() if isinstance(v, str)}
+        assert set(literal) == set(expected_env) - {"SLUICE_QUEUE_URL", "SLUICE_DLQ_URL", "SLUICE_DB_SECRET_ID"}
+        assert all(same_value(literal[k], expected_env[k]) for k in literal), (literal, expected_env)
+        assert env["SLUICE_QUEUE_URL"] == {"Ref": "JobsQueue"}
+        assert env["SLUICE_DLQ_URL"] == {"Ref": "DeadLetterQueue"}
+        assert env["SLUICE_DB_SECRET_ID"]["Fn::If"][0] == "CreateDatabaseSecret"
+
+
+def test_consumer_schedule_starts_one_drain_per_consumer(packaged: Packaged) -> None:
+    # GIVEN the settings' schedule and number of consumers
+    drain = packaged.settings.drain
+    # WHEN collecting the EventBridge rules and what they target
+    rules = [r["Properties"] for r in packaged.resources.values() if r["Type"] == "AWS::Events::Rule"]
+    # THEN there is one rule per consumer, each on the configured schedule, each starting the consumer
+    assert len(rules) == drain.consumers
+    for rule in rules:
+        assert rule["ScheduleExpression"] == function_table(packaged.settings)["consumer"].schedule == drain.schedule
+        assert [t["Arn"] for t in rule["Targets"]] == [{"Fn::GetAtt": ["ConsumerLambdaFunction", "Arn"]}]
+
+
+def test_each_role_grants_exactly_what_its_function_uses(packaged: Packaged) -> None:
+    # GIVEN each function's own role
+    template = packaged.template
+    for key, expected in EXPECTED_GRANTS.items():
+        role = role_of(template, logical_id(key))
+        allowed = grants(role)
+        # THEN its SQS, Lambda and Secrets Manager grants are exactly the listed ones ...
+        assert {g for g in allowed if g[0].startswith(GUARDED)} == expected, key
+        # ... no wildcard action anywhere, and the rest is only logging and tracing
+        assert not any("*" in action for action, _ in allowed), key
+        assert {a.split(":")[0] for a, _ in allowed} <= {"sqs", "lambda", "secretsmanager", "logs", "xray"}
+    # AND the worker's role is the only one to touch the DLQ
+    assert role_of(template, "WorkerLambdaFunction") != role_of(template, "ConsumerLambdaFunction")
+
+
+def test_alarms_go_to_the_alarm_topic(packaged: Packaged) -> None:
+    # GIVEN the template's alarms
+    template, alarms_cfg = packaged.template, packaged.settings.alarms
+    alarms = {k: v["Properties"] for k, v in template["Resources"].items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    # THEN the four alarms watch the right metrics ...
+    watched = {(a["Namespace"], a["MetricName"], str(a["Dimensions"][0]["Value"])) for a in alarms.values()}
+    assert watched == {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible", str({"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]})),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage", str({"Fn::GetAtt": ["JobsQueue", "QueueName"]})),
+        ("AWS/Lambda", "Errors", str({"Ref": "ConsumerLambdaFunction"})),
+        ("AWS/Lambda", "Throttles", str({"Ref": "WorkerLambdaFunction"})),
+    }
+    assert alarms["OldestMessageAgeAlarm"]["Threshold"] == alarms_cfg.oldest_message_age_s
+    # ... and notify a topic: a new one (no topic_arn in config), with the e-mail when one is set
+    target = {"Fn::If": ["CreateAlarmTopic", {"Ref": "AlarmTopic"}, {"Ref": "AlarmTopicArn"}]}
+    assert all(a["AlarmActions"] == [target] for a in alarms.values())
+    assert exists(template, "AlarmTopic") is (alarms_cfg.topic_arn == "")
+    assert exists(template, "AlarmEmailSubscription") is bool(alarms_cfg.email and not alarms_cfg.topic_arn)
+
+
+def test_secret_is_made_by_the_stack_with_the_configured_name(packaged: Packaged) -> None:
+    # GIVEN a config without existing_secret_arn (moto ignores secrets, so this is checked here)
+    db = packaged.settings.database
+    secret = packaged.resources["DatabaseSecret"]
+    # THEN the stack makes the secret under the configured name, in the RDS JSON shape
+    assert exists(packaged.template, "DatabaseSecret") is (db.existing_secret_arn == "")
+    assert secret["Properties"]["Name"] == db.secret
+    assert '"engine": "mariadb"' in secret["Properties"]["GenerateSecretString"]["SecretStringTemplate"]
+    assert secret["Properties"]["GenerateSecretString"]["GenerateStringKey"] == "password"
+
+
+def test_dev_has_no_database_resources_and_iam_auth(dev: Packaged) -> None:
+    # GIVEN dev: database.managed false, api.auth iam
+    template = dev.template
+    # THEN no VPC or RDS resource would be created and the functions stay outside a VPC
+    assert not condition(template, "ManagedDatabase")
+    assert not exists(template, "Database") and not exists(template, "Vpc")
+    assert dev.resources["WorkerLambdaFunction"]["Properties"]["VpcConfig"]["Fn::If"][0] == "ManagedDatabase"
+    # AND POST /jobs needs IAM-signed requests
+    route = dev.resources["HttpApiRoutePostJobs"]["Properties"]
+    assert route["RouteKey"] == "POST /jobs" and route["AuthorizationType"] == "AWS_IAM"
+
+
+def test_prod_has_a_private_encrypted_protected_database(prod: Packaged) -> None:
+    # GIVEN prod: database.managed true
+    template, db = prod.template, prod.settings.database
+    resources = prod.resources
+    assert condition(template, "ManagedDatabase") and condition(template, "ProtectDatabase")
+    # THEN an encrypted, private, backed-up, deletion-protected MariaDB is created ...
+    props = resources["Database"]["Properties"]
+    assert exists(template, "Database")
+    assert props["Engine"] == "mariadb" and props["StorageEncrypted"] is True
+    assert props["PubliclyAccessible"] is False
+    assert props["DBInstanceClass"] == db.instance_class
+    assert props["BackupRetentionPeriod"] == db.backup_retention_days
+    assert props["DeletionProtection"] == {"Fn::If": ["ProtectDatabase", True, False]}
+    assert resources["Database"]["DeletionPolicy"] == "Snapshot"
+    # ... in two private subnets of its own VPC, reachable only from the worker security group
+    subnets = [r for r in resources.values() if r["Type"] == "AWS::EC2::Subnet"]
+    assert len(subnets) == 2 and all(s["Properties"]["MapPublicIpOnLaunch"] is False for s in subnets)
+    assert not any(r["Type"] in ("AWS::EC2::InternetGateway", "AWS::EC2::NatGateway") for r in resources.values())
+    ingress = resources["DatabaseSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert [(i["FromPort"], i["SourceSecurityGroupId"]) for i in ingress] == [(3306, {"Ref": "WorkerSecurityGroup"})]
+    # ... with interface endpoints for SQS and Secrets Manager (no NAT)
+    endpoints = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::EC2::VPCEndpoint"]
+    assert sorted(e["ServiceName"]["Fn::Join"][1][-1] for e in endpoints) == [".secretsmanager", ".sqs"]
+    assert all(e["VpcEndpointType"] == "Interface" and e["PrivateDnsEnabled"] for e in endpoints)
+    # AND the worker and migrate join the VPC, with the managed policy for their network interfaces
+    for key in ("Worker", "Migrate"):
+        vpc = resources[f"{key}LambdaFunction"]["Properties"]["VpcConfig"]["Fn::If"]
+        assert vpc[0] == "ManagedDatabase"
+        assert vpc[1]["SecurityGroupIds"] == [{"Ref": "WorkerSecurityGroup"}]
+        policies = resources[f"{key}IamRoleLambdaExecution"]["Properties"]["ManagedPolicyArns"]["Fn::If"]
+        assert "AWSLambdaVPCAccessExecutionRole" in str(policies[1])
+    # AND the secret gets the instance's host and port
+    assert exists(template, "DatabaseSecretAttachment")
+
+
+def test_prod_api_uses_the_configured_jwt_authorizer(prod: Packaged) -> None:
+    # GIVEN prod: api.auth jwt with an issuer and audience
+    api = prod.settings.api
+    resources = prod.resources
+    # THEN POST /jobs is guarded by a JWT authorizer with exactly those
+    route = resources["HttpApiRoutePostJobs"]["Properties"]
+    assert route["AuthorizationType"] == "JWT"
+    authorizer = resources[route["AuthorizerId"]["Ref"]]["Properties"]
+    assert authorizer["JwtConfiguration"] == {"Issuer": api.jwt_issuer, "Audience": api.jwt_audience}
+
+
+def test_log_groups_have_retention(packaged: Packaged) -> None:
+    # GIVEN every log group in the template
+    groups = [r["Properties"] for r in packaged.resources.values() if r["Type"] == "AWS::Logs::LogGroup"]
+    # THEN each one expires its logs (one per function plus the API's access log)
+    assert len(groups) == 5 and all(g["RetentionInDays"] == 30 for g in groups)
+
+
+def test_package_holds_the_runtime_code_and_dependencies_only(dev: Packaged) -> None:
+    # GIVEN the deployment zip
+    with zipfile.ZipFile(dev.directory / "sluice.zip") as archive:
+        names = archive.namelist()
+    tops = {n.split("/")[0] for n in names}
+    # THEN it carries the handlers, the core and the runtime dependencies ...
+    assert {"sluice", "enqueuer", "consumer", "worker", "pymysql", "aws_lambda_powertools", "pydantic_core",
+            "yaml", "boto3"} <= tops
+    assert "sluice/settings.py" in names
+    # ... built for Lambda's Python (cp312, x86_64), not for this machine
+    assert any(n.startswith("pydantic_core/_pydantic_core.cpython-312-x86_64-linux-gnu") for n in names)
+    # ... and nothing of the CLI, the local stack, tests or tooling
+    assert not any(n.startswith(("sluice/cli/", "sluice/local/", "tests/", ".sluice/", "node_modules/"))
+                   for n in names)
+    assert "serverless.yml" not in names and "pyproject.toml" not in names
+
+
+def test_lambda_requirements_equal_the_project_dependencies() -> None:
+    # GIVEN the runtime dependencies pyproject.toml declares
+    declared = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    # WHEN reading the file serverless-python-requirements installs into the package
+    lines = (PROJECT_ROOT / "requirements" / "lambda.txt").read_text().splitlines()
+    listed = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+    # THEN they are the same pins
+    assert sorted(listed) == sorted(declared)
