@@ -37,6 +37,10 @@ $(NODESTAMP): package.json package-lock.json
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+DEMO_ARGS ?=
+demo: setup
+	$(VENV)/bin/sluice demo $(DEMO_ARGS)
+
 lint: $(PYSTAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

@@ -21,13 +21,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sluice import aws
 from sluice.ops.dlq import list_dead_letters
-from sluice.stage import StageContext, local_env_path
+
+if TYPE_CHECKING:  # sluice.stage imports the CLI package, which imports this module
+    from sluice.stage import StageContext
 
 DRAIN_LOG_MESSAGE = "drain finished"
 
@@ -133,6 +135,8 @@ def _aws_drain_reports(ctx: StageContext, limit: int) -> list[dict[str, Any]]:
 
 def collect_status(ctx: StageContext, drains: int = 5) -> Status:
     """One snapshot. Raises AwsError only when the queues themselves cannot be read."""
+    from sluice.stage import local_env_path
+
     status = Status(stage=ctx.stage, queue=queue_counts(ctx.queue()), dlq=queue_counts(ctx.dlq()),
                     cap=ctx.cap)
     worker = ctx.function("worker")

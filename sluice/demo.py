@@ -1,0 +1,396 @@
+"""`make demo`: the whole flow on one machine, checked against the database and the queues.
+
+1. Start the local stack (unless one is running: then use it, and say so).
+2. POST a burst of invoices over real HTTP to the stack's API, in requests of a few hundred,
+   a few of them poison (an unknown customer, each in its own group) and some keys sent a
+   second time in separate requests.
+3. Show live progress while the scheduled consumer drains: queue depth, in flight, workers
+   busy vs cap, applied, DLQ, drains.
+4. Summarise FROM THE DATABASE AND THE QUEUES, not from counters kept here: processed
+   (invoice and ledger rows of this run), dead-lettered (DLQ, with reasons), duplicates
+   (keys with more than one row: must be 0), lost (keys the API accepted that no row
+   holds and no dead letter explains: must be 0), peak workers vs cap, time and items/s
+   per stage. Exit 0 only if those invariants hold.
+
+Every key of a run starts with ``DEMO-<run id>-``, so a run on a stack that already holds
+other work counts only its own rows.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from sluice.aws import Queue, reset_clients
+from sluice.db import DbCredentials
+from sluice.ops.dlq import list_dead_letters
+from sluice.ops.status import QueueCounts, lambda_stats, queue_counts
+
+CUSTOMERS = ("acme", "globex", "initech", "umbrella", "hooli")
+CURRENCIES = ("EUR", "USD", "GBP", "CHF")
+EXIT_INVARIANT_BROKEN = 1
+EXIT_INTERRUPTED = 130
+
+console = Console()
+
+
+class DemoError(Exception):
+    """The demo could not run (stack, API or database unreachable); the message says which."""
+
+
+@dataclass
+class Burst:
+    run: str
+    requests: list[list[dict[str, Any]]]
+    valid_keys: set[str]
+    poison_keys: set[str]
+    duplicate_keys: set[str]
+    first_pass: int  # requests[:first_pass] hold each key once; the rest repeat keys
+
+    @property
+    def items_sent(self) -> int:
+        return sum(len(r) for r in self.requests)
+
+
+def make_burst(items: int, poison: int, duplicates: int, request_size: int, seed: int | None = None) -> Burst:
+    """``items`` distinct invoices (``poison`` of them for unknown customers), then ``duplicates``
+    of their keys again in requests of their own."""
+    rng = random.Random(seed)
+    run = uuid.uuid4().hex[:8]
+    poison = min(poison, items)
+    poison_at = set(rng.sample(range(items), poison))
+    invoices: list[dict[str, Any]] = []
+    valid: set[str] = set()
+    bad: set[str] = set()
+    for i in range(items):
+        key = f"DEMO-{run}-{i:06d}"
+        if i in poison_at:
+            # Each poison invoice in a group of its own: a dead letter then blocks nothing else.
+            customer = f"ghost-{run}-{i}"
+            invoices.append({"task": "invoice.record", "key": key, "group": customer,
+                             "payload": {"customer": customer, "amount_cents": 999, "currency": "EUR"}})
+            bad.add(key)
+            continue
+        invoices.append({"task": "invoice.record", "key": key,
+                         "payload": {"customer": rng.choice(CUSTOMERS),
+                                     "amount_cents": rng.randint(100, 500_000),
+                                     "currency": rng.choice(CURRENCIES),
+                                     "description": f"demo invoice {i}"}})
+        valid.add(key)
+    requests = [invoices[i:i + request_size] for i in range(0, len(invoices), request_size)]
+    first_pass = len(requests)
+    again = rng.sample([x for x in invoices if x["key"] in valid], min(duplicates, len(valid)))
+    requests += [again[i:i + request_size] for i in range(0, len(again), request_size)]
+    return Burst(run=run, requests=requests, valid_keys=valid, poison_keys=bad,
+                 duplicate_keys={x["key"] for x in again}, first_pass=first_pass)
+
+
+def post_json(url: str, body: Any, timeout_s: float = 120) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as reply:  # noqa: S310 - loopback API
+            return reply.status, json.loads(reply.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, {"error": raw.decode(errors="replace")}
+    except (urllib.error.URLError, OSError) as exc:
+        raise DemoError(f"the API at {url} did not answer: {exc}") from None
+
+
+@dataclass
+class EnqueueOutcome:
+    accepted: set[str] = field(default_factory=set)
+    refused: dict[int, Any] = field(default_factory=dict)  # status -> a body, per status seen
+    seconds: float = 0.0
+
+
+def send_burst(api_url: str, burst: Burst, threads: int = 4) -> EnqueueOutcome:
+    """POST every request (the duplicate ones after the first pass); collect the accepted keys."""
+    outcome = EnqueueOutcome()
+    started = time.monotonic()
+
+    def one(items: list[dict[str, Any]]) -> None:
+        status, body = post_json(f"{api_url}/jobs", {"items": items})
+        if status in (202, 207) and isinstance(body, dict):
+            outcome.accepted.update(row["key"] for row in body.get("items", []) if "error" not in row)
+        if status != 202:
+            outcome.refused[status] = body
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(one, burst.requests[:burst.first_pass]))
+    # The repeats go in after the originals, in separate requests, as a client retrying would.
+    for items in burst.requests[burst.first_pass:]:
+        one(items)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+class DemoDatabase:
+    def __init__(self, url: str) -> None:
+        self.creds = DbCredentials.from_url(url)
+
+    @contextmanager
+    def cursor(self) -> Iterator[Any]:
+        conn = pymysql.connect(host=self.creds.host, port=self.creds.port, user=self.creds.user,
+                               password=self.creds.password, database=self.creds.database, autocommit=True,
+                               connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        finally:
+            conn.close()
+
+    def one(self, sql: str, *args: Any) -> int:
+        with self.cursor() as cur:
+            cur.execute(sql, args)
+            row = cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def applied(self, run: str) -> int:
+        return self.one("SELECT COUNT(*) FROM invoices WHERE item_key LIKE %s", f"DEMO-{run}-%")
+
+    def applied_keys(self, run: str) -> set[str]:
+        with self.cursor() as cur:
+            cur.execute("SELECT item_key FROM invoices WHERE item_key LIKE %s", (f"DEMO-{run}-%",))
+            return {row[0] for row in cur.fetchall()}
+
+
+@dataclass
+class Snapshot:
+    queue: QueueCounts
+    dlq: QueueCounts
+    applied: int
+    busy: int | None
+    peak: int | None
+    drains: int | None
+
+
+class Demo:
+    def __init__(self, env: dict[str, str], cap: int, worker_function: str, consumer_function: str) -> None:
+        self.env = env
+        self.cap = cap
+        self.queue = Queue(env["SLUICE_QUEUE_URL"])
+        self.dlq = Queue(env["SLUICE_DLQ_URL"])
+        self.db = DemoDatabase(env["DATABASE_URL"])
+        self.worker_function = worker_function
+        self.consumer_function = consumer_function
+
+    def snapshot(self, run: str) -> Snapshot:
+        busy = peak = drains = None
+        try:
+            stats = lambda_stats(self.env["SLUICE_LAMBDA_STATS_URL"])
+            worker, consumer = stats.get(self.worker_function, {}), stats.get(self.consumer_function, {})
+            busy, peak, drains = worker.get("busy"), worker.get("peak_busy"), consumer.get("invocations")
+        except (OSError, ValueError, KeyError):
+            pass
+        return Snapshot(queue=queue_counts(self.queue), dlq=queue_counts(self.dlq),
+                        applied=self.db.applied(run), busy=busy, peak=peak, drains=drains)
+
+    def view(self, s: Snapshot, expected: int, phase: str, elapsed: float) -> Table:
+        table = Table(title=f"sluice demo: {phase} ({elapsed:,.1f} s)", show_header=False, min_width=50)
+        table.add_row("queue depth (visible)", f"{s.queue.visible:,}")
+        table.add_row("in flight", f"{s.queue.in_flight:,}")
+        table.add_row("delayed (backing off)", f"{s.queue.delayed:,}")
+        table.add_row("workers busy / cap", f"{'?' if s.busy is None else s.busy} / {self.cap}"
+                      + ("" if s.peak is None else f"  (peak {s.peak})"))
+        table.add_row("applied", f"{s.applied:,} / {expected:,}")
+        table.add_row("dead-lettered (DLQ)", f"{s.dlq.total:,}")
+        table.add_row("drains", "?" if s.drains is None else f"{s.drains:,}")
+        return table
+
+
+def summarise(demo: Demo, burst: Burst, sent: EnqueueOutcome, drain_s: float, peak: int | None
+              ) -> tuple[Table, bool, dict[str, Any]]:
+    run = burst.run
+    db = demo.db
+    applied_keys = db.applied_keys(run)
+    invoice_rows = db.applied(run)
+    ledger_rows = db.one("SELECT COUNT(*) FROM processed_messages WHERE item_key LIKE %s", f"DEMO-{run}-%")
+    duplicates = db.one("SELECT COUNT(*) FROM (SELECT item_key FROM invoices WHERE item_key LIKE %s "
+                        "GROUP BY item_key HAVING COUNT(*) > 1) AS d", f"DEMO-{run}-%")
+    listing = list_dead_letters(demo.dlq, limit=max(50, len(burst.poison_keys) + 50))
+    ours = [x for x in listing.letters if x.key.startswith(f"DEMO-{run}-")]
+    dead_keys = {x.key for x in ours}
+    # Grouped by kind, with one example each: every poison reason names its own customer.
+    reasons = Counter(x.error_type or x.reason for x in ours)
+    example = {x.error_type or x.reason: x.reason for x in ours}
+    accepted_valid = sent.accepted & burst.valid_keys
+    lost = accepted_valid - applied_keys
+    poison_missing = (sent.accepted & burst.poison_keys) - dead_keys
+    queue_left = queue_counts(demo.queue).total
+    checks = {
+        "duplicates is 0": duplicates == 0 and ledger_rows == invoice_rows,
+        "lost is 0": not lost,
+        "every poison item is in the DLQ": not poison_missing,
+        "no poison item applied": not (applied_keys & burst.poison_keys),
+        "every item the API was sent was accepted": not sent.refused,
+        "workers never above the cap": peak is None or peak <= demo.cap,
+    }
+    title = f"sluice demo summary (run {run}): from the database and the queues"
+    table = Table(title=title, show_header=False)
+    table.add_row("items sent (incl. repeats)", f"{burst.items_sent:,} in {len(burst.requests)} requests")
+    twice = len(burst.duplicate_keys)
+    table.add_row("distinct keys accepted", f"{len(sent.accepted):,} ({twice:,} sent twice)")
+    table.add_row("processed (invoice rows / ledger rows)", f"{invoice_rows:,} / {ledger_rows:,}")
+    table.add_row("dead-lettered (this run / DLQ depth)", f"{len(ours):,} / {listing.depth:,}")
+    for kind, n in reasons.most_common(5):
+        table.add_row(f"  {n} x {kind}", f"e.g. {example[kind]}")
+    table.add_row("duplicates (keys with > 1 row)", str(duplicates))
+    table.add_row("lost (accepted valid keys not applied)", str(len(lost)))
+    table.add_row("still in the work queue", f"{queue_left:,}")
+    table.add_row("peak workers / cap", f"{'?' if peak is None else peak} / {demo.cap}")
+    enqueue_rate = len(sent.accepted) / sent.seconds if sent.seconds else 0.0
+    drain_rate = (invoice_rows + len(ours)) / drain_s if drain_s else 0.0
+    table.add_row("enqueue", f"{sent.seconds:,.1f} s, {enqueue_rate:,.0f} items/s")
+    table.add_row("drain (first POST to queue empty)", f"{drain_s:,.1f} s, {drain_rate:,.0f} items/s")
+    ok = all(checks.values())
+    for name, passed in checks.items():
+        table.add_row(name, "[green]yes[/green]" if passed else "[red]NO[/red]")
+    facts = {"run": run, "processed": invoice_rows, "ledger_rows": ledger_rows, "dead_lettered": len(ours),
+             "dlq_depth": listing.depth, "reasons": dict(reasons), "duplicates": duplicates,
+             "lost": len(lost),
+             "peak_workers": peak, "cap": demo.cap, "enqueue_s": sent.seconds, "drain_s": drain_s,
+             "checks": checks, "ok": ok}
+    return table, ok, facts
+
+
+def run_demo(env: dict[str, str], *, cap: int, worker_function: str, consumer_function: str, items: int,
+             poison: int, duplicates: int, request_size: int, timeout_s: float, refresh_s: float = 0.5,
+             json_out: Path | None = None) -> bool:
+    demo = Demo(env, cap, worker_function, consumer_function)
+    burst = make_burst(items, poison, duplicates, request_size)
+    expected = len(burst.valid_keys)
+    started = time.monotonic()
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            sending = pool.submit(send_burst, env["SLUICE_API_URL"], burst)
+            while not sending.done():
+                live.update(demo.view(demo.snapshot(burst.run), expected, "enqueueing",
+                                      time.monotonic() - started))
+                time.sleep(refresh_s)  # screen refresh period
+            sent = sending.result()
+        deadline = started + timeout_s
+        while True:
+            s = demo.snapshot(burst.run)
+            live.update(demo.view(s, expected, "draining", time.monotonic() - started))
+            settled = s.queue.total == 0 and s.applied >= len(sent.accepted & burst.valid_keys)
+            if settled or time.monotonic() > deadline:
+                break
+            time.sleep(refresh_s)
+        drain_s = time.monotonic() - started
+    peak = demo.snapshot(burst.run).peak
+    table, ok, facts = summarise(demo, burst, sent, drain_s, peak)
+    console.print(table)
+    if sent.refused:
+        console.print(f"[red]the API refused some requests:[/red] {json.dumps(sent.refused)[:500]}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(facts, indent=2, default=str))
+    console.print("[green]invariants hold[/green]" if ok else "[red]an invariant is broken[/red]")
+    return ok
+
+
+def _function_names(stage_settings: Any) -> tuple[str, str]:
+    return stage_settings.function_name("worker"), stage_settings.function_name("consumer")
+
+
+def main(
+    items: int = typer.Option(10_000, "--items", min=1, help="Distinct invoices in the burst."),
+    cap: int = typer.Option(None, "--cap", min=1, help="Worker cap, default from config/local.yml."),
+    poison: int = typer.Option(5, "--poison", min=0, help="Invoices for unknown customers (-> DLQ)."),
+    duplicates: int = typer.Option(None, "--duplicates", min=0, help="Keys sent twice, default 1% of items."),
+    request_size: int = typer.Option(500, "--request-size", min=1, max=1000, help="Items per POST."),
+    sqs: str = typer.Option(None, "--sqs", help="fauxqs | moto | URL, default local.sqs."),
+    timeout_s: float = typer.Option(600, "--timeout", help="Give up draining after this many seconds."),
+    database_url: str = typer.Option(None, "--database-url", help="MariaDB, default DATABASE_URL or :3306."),
+    local_dir: Path = typer.Option(None, "--local-dir", help="Stack state directory, default .sluice."),
+    json_out: Path = typer.Option(None, "--json-out", help="Also write the summary as JSON here."),
+) -> None:
+    """Start the local stack, POST a burst of invoices, watch it drain, check the result."""
+    from sluice.local.env import LOCAL_DIR, read_local_env
+    from sluice.local.processes import LocalServiceError
+    from sluice.local.stack import LocalStack, running_stack
+    from sluice.settings import SettingsError, load_settings
+
+    # SIGTERM (e.g. from `make` being stopped) cleans up like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    directory = local_dir or LOCAL_DIR
+    try:
+        settings = load_settings("local")
+    except SettingsError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    stack: LocalStack | None = None
+    try:
+        if running_stack(directory) is not None:
+            env = read_local_env(directory / "local.env")
+            worker, consumer = _function_names(settings)
+            cap_used = settings.drain.max_parallel
+            console.print(f"using the local stack already running from {directory.name}/ "
+                          f"(its cap: {cap_used}; --cap and --sqs apply only to a stack the demo starts)")
+        else:
+            if cap is not None:
+                settings = settings.model_copy(update={
+                    "drain": settings.drain.model_copy(update={"max_parallel": cap}),
+                    "worker": settings.worker.model_copy(
+                        update={"reserved_concurrency": max(cap, settings.worker.reserved_concurrency)}),
+                })
+            cap_used = settings.drain.max_parallel
+            stack = LocalStack(settings, sqs=sqs or settings.local.sqs, database_url=database_url,
+                               local_dir=directory)
+            console.print(f"starting the local stack (SQS: {stack.sqs}, cap {cap_used}) ...")
+            env = stack.start()
+            worker, consumer = _function_names(settings)
+        # boto3 in this process talks to the stack's servers.
+        import os
+
+        for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_LAMBDA",
+                    "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            if env.get(key):
+                os.environ[key] = env[key]
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+        reset_clients()
+        ok = run_demo(env, cap=cap_used, worker_function=worker, consumer_function=consumer, items=items,
+                      poison=poison, duplicates=items // 100 if duplicates is None else duplicates,
+                      request_size=request_size, timeout_s=timeout_s, json_out=json_out)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping what the demo started[/yellow]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (LocalServiceError, DemoError, pymysql.MySQLError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(3) from None
+    finally:
+        if stack is not None:
+            console.print("stopping the local stack ...")
+            stack.stop()
+    raise typer.Exit(0 if ok else EXIT_INVARIANT_BROKEN)
+
+
+def cli() -> None:
+    typer.run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
