@@ -227,12 +227,12 @@ def drain(stage: str = StageOption, as_json: bool = JsonOption) -> None:
     """Invoke the consumer now (as its schedule would) and print its drain report."""
     ctx = resolve_stage(stage)
     invoker = FunctionInvoker(ctx.function("consumer"), ctx.settings.drain.timeout_s)
-    try:
-        with reaching(f"invoking the consumer of stage {stage!r}"):
+    with reaching(f"invoking the consumer of stage {stage!r}"):
+        try:
             result = invoker.invoke(scheduled_event(ctx))
-    except ThrottledError:
-        raise CliError("a drain is already running (the consumer's concurrency is used up); "
-                       "try again when it returns", EXIT_FAILED) from None
+        except ThrottledError:
+            raise CliError("a drain is already running (the consumer's concurrency is used up); "
+                           "try again when it returns", EXIT_FAILED) from None
     if result.function_error:
         detail = result.payload.get("errorMessage") if isinstance(result.payload, dict) else result.payload
         raise CliError(f"the consumer failed ({result.function_error}): {detail}", EXIT_FAILED)
