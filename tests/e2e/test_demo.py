@@ -1,0 +1,50 @@
+"""`make demo` at a tiny size: the real command, as a subprocess, on a scratch database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from sluice.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_smoke_run_exits_0_with_invariants_from_the_database(tmp_path: Path) -> None:
+    # GIVEN a scratch database and a state directory of the test's own
+    name = f"sluice_demo_{uuid.uuid4().hex[:10]}"
+    summary = tmp_path / "summary.json"
+    try:
+        # WHEN the demo runs with 200 invoices, 3 of them poison and 4 keys sent twice
+        done = subprocess.run(
+            [sys.executable, "-m", "sluice.demo", "--items", "200", "--poison", "3", "--duplicates", "4",
+             "--request-size", "50", "--timeout", "120", "--database-url", f"mysql://root@127.0.0.1:3306/{name}",
+             "--local-dir", str(tmp_path / "stack"), "--json-out", str(summary)],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240)
+        # THEN it exits 0, and its summary (read from the database and the queues) holds the invariants
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        facts = json.loads(summary.read_text())
+        assert facts["processed"] == 197 and facts["ledger_rows"] == 197
+        assert facts["dead_lettered"] == 3 and facts["duplicates"] == 0 and facts["lost"] == 0
+        assert all(facts["checks"].values())
+        assert facts["peak_workers"] is not None and 1 <= facts["peak_workers"] <= facts["cap"]
+        # AND the database agrees: 197 invoices of this run, none twice
+        conn = pymysql.connect(host="127.0.0.1", user="root", database=name)
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*), COUNT(DISTINCT item_key) FROM invoices WHERE item_key LIKE %s",
+                        (f"DEMO-{facts['run']}-%",))
+            assert cur.fetchone() == (197, 197)
+        conn.close()
+        # AND it stopped the stack it started: no state file is left behind
+        assert not (tmp_path / "stack" / "stack.json").exists()
+    finally:
+        conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        conn.close()
