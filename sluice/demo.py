@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -393,4 +392,4 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    cli()
