@@ -1,0 +1,105 @@
+"""``python -m bench [--smoke] [--out DIR]``: run every scenario, print the ratios, write the results."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.figures import Figure, as_markdown, as_text, percentile, write_results
+from bench.sizes import FULL, SMOKE, Sizes
+from sluice.settings import PROJECT_ROOT
+
+DEFAULT_OUT = PROJECT_ROOT / "bench" / "results"
+
+
+def run(sizes: Sizes, out: Path, plot: bool = True) -> tuple[list[Figure], Path]:
+    from bench.plot import plot_timeline
+    from bench.probe import create_probe_table
+    from bench.scenarios import cold_import, components, db_protection, drain_burst, enqueue_rate
+    from bench.stack import BenchStack, ScratchDatabase
+
+    started = time.monotonic()
+    figures: list[Figure] = []
+    step = _stepper(started)
+    step("P6 cold imports")
+    figures += cold_import.run(sizes.import_repeats)
+    db = ScratchDatabase()
+    step(f"scratch database {db.name}")
+    db.create()
+    try:
+        create_probe_table(db.url)
+        step("P7 idle probe")
+        idle = db_protection.idle_probe(db.url, sizes.probe_interval_s, sizes.idle_probes)
+        with BenchStack(sizes.cap, sizes.drain_timeout_s, db.url, out / "logs") as stack:
+            step("P5 enqueue")
+            figures += enqueue_rate.run(stack, sizes.enqueue_items, sizes.enqueue_max_tps)
+            step(f"P1-P4 drain a burst of {sizes.burst}")
+            drain = drain_burst.drain_burst(stack, db, sizes.burst, sizes.probe_interval_s, sizes.deadline_s)
+            idle_cost = drain_burst.idle_drain_cost(stack)
+            figures += drain_burst.figures(drain, stack, idle_cost)
+            step("P2 components alone")
+            figures.append(components.figure(stack, db.url, sizes.burst, drain.seconds,
+                                             sizes.component_rounds * 10))
+        writers = db_protection.BURST_FACTOR * sizes.cap
+        step(f"P7 the same burst from {writers} direct writers")
+        direct_run, direct = db_protection.direct_burst(db.url, sizes.burst, writers, sizes.probe_interval_s)
+        figures += db_protection.figures(idle, drain.probe, direct, sizes.burst, sizes.cap, writers)
+    finally:
+        db.drop()
+    figures.sort(key=lambda f: f.pid)
+    plot_path = out / "drain-timeline.png"
+    if plot:
+        step("plot")
+        plot_timeline(plot_path, drain.samples, drain.probe, direct, percentile([ms for _, ms in idle], 50),
+                      f"sluice drain of {sizes.burst} items, cap {sizes.cap}")
+    facts = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "sizes": sizes.__dict__,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+        "seconds": round(time.monotonic() - started, 1),
+        "plot": str(plot_path.relative_to(PROJECT_ROOT)) if plot and plot_path.is_relative_to(PROJECT_ROOT)
+        else str(plot_path) if plot else "",
+        "drain_reports": drain.reports,
+        "timeline": [s.__dict__ for s in drain.samples],
+        "probe": {"idle": idle, "sluice": drain.probe, "direct": direct},
+        "direct_run": direct_run.__dict__,
+    }
+    path = write_results(out, figures, facts)
+    return figures, path
+
+
+def _stepper(started: float) -> Callable[[str], None]:
+    def step(what: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {what}", file=sys.stderr, flush=True)
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes: proves the harness, measures nothing")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where latest.json and the PNG go")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    args = parser.parse_args(argv)
+    figures, path = run(SMOKE if args.smoke else FULL, args.out, plot=not args.no_plot)
+    print(as_text(figures))
+    print()
+    print(as_markdown(figures))
+    print(f"\nresults: {path}", file=sys.stderr)
+    broken = [f for f in figures if f.holds is False]
+    if broken:
+        print(f"{len(broken)} figure(s) break their bound: " + "; ".join(f"{f.pid} {f.name}" for f in broken),
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

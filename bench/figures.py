@@ -1,0 +1,128 @@
+"""A benchmark figure is a ratio together with the inputs that made it.
+
+Printing a bare number invites comparing it with a number from another machine; printing
+``numerator / denominator = ratio`` with the sizes beside it says what was compared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One line of the report: ``numerator / denominator = value``, judged against ``expect``."""
+
+    pid: str  # P1..P7, the issue's numbering
+    name: str
+    numerator: float
+    numerator_label: str
+    denominator: float
+    denominator_label: str
+    inputs: dict[str, Any] = field(default_factory=dict)
+    # A bound the figure must keep ("<= 1", "== 0", ">= 0.5"), or "" when it is only reported.
+    expect: str = ""
+
+    @property
+    def value(self) -> float | None:
+        if self.denominator == 0:
+            return None
+        return self.numerator / self.denominator
+
+    @property
+    def holds(self) -> bool | None:
+        """Whether ``expect`` holds; None when there is nothing to judge."""
+        if not self.expect:
+            return None
+        operator, _, bound_text = self.expect.partition(" ")
+        bound = float(bound_text)
+        subject = self.value
+        if subject is None:
+            return False
+        checks = {"<=": subject <= bound + 1e-9, ">=": subject >= bound - 1e-9, "==": subject == bound}
+        return checks[operator]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["value"] = self.value
+        data["holds"] = self.holds
+        return data
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no samples."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(samples: Sequence[float]) -> float:
+    return statistics.median(samples) if samples else math.nan
+
+
+def _number(x: float) -> str:
+    if isinstance(x, float) and math.isnan(x):
+        return "n/a"
+    if float(x).is_integer():
+        return f"{int(x):,}"
+    return f"{x:,.3g}" if abs(x) < 100 else f"{x:,.0f}"
+
+
+def _ratio(figure: Figure) -> str:
+    value = figure.value
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _inputs(figure: Figure) -> str:
+    return ", ".join(f"{k}={_number(v) if isinstance(v, int | float) else v}"
+                     for k, v in figure.inputs.items())
+
+
+def _verdict(figure: Figure) -> str:
+    holds = figure.holds
+    if holds is None:
+        return ""
+    return f"{'ok' if holds else 'FAILS'} ({figure.expect})"
+
+
+def as_text(figures: Sequence[Figure]) -> str:
+    """The console table: one figure per line, ratio first, then its inputs."""
+    lines = []
+    for f in figures:
+        lines.append(
+            f"{f.pid:<3} {f.name:<44} {_ratio(f):>8} = {f.numerator_label} {_number(f.numerator)}"
+            f" / {f.denominator_label} {_number(f.denominator)}  {_verdict(f)}"
+        )
+        if f.inputs:
+            lines.append(f"    inputs: {_inputs(f)}")
+    return "\n".join(lines)
+
+
+def as_markdown(figures: Sequence[Figure]) -> str:
+    rows = [
+        "| | figure | ratio | numerator | denominator | bound | inputs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in figures:
+        rows.append(
+            f"| {f.pid} | {f.name} | **{_ratio(f)}** | {f.numerator_label}: {_number(f.numerator)} "
+            f"| {f.denominator_label}: {_number(f.denominator)} | {_verdict(f)} | {_inputs(f)} |"
+        )
+    return "\n".join(rows)
+
+
+def write_results(directory: Path, figures: Sequence[Figure], extra: dict[str, Any]) -> Path:
+    """``latest.json`` (figures + timeline + run facts) and ``latest.md`` (the table)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "latest.json"
+    path.write_text(json.dumps({"figures": [f.to_json() for f in figures], **extra}, indent=1, default=str))
+    (directory / "latest.md").write_text(as_markdown(figures) + "\n")
+    return path

@@ -1,0 +1,1 @@
+"""One module per benchmark question (P1..P7 of the benchmarks issue)."""

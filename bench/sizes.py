@@ -1,0 +1,46 @@
+"""How big each scenario runs: the full benchmark, and a smoke run that only proves the harness works."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Sizes:
+    import_repeats: int  # P6: fresh interpreters per module
+    burst: int  # P1-P4: items enqueued at once, then drained
+    cap: int  # drain.max_parallel (and the worker's reserved concurrency)
+    component_rounds: int  # P2: SQS receive+delete rounds measured alone
+    enqueue_items: int  # P5
+    enqueue_max_tps: int  # P5: the configured cap, set below what the endpoint takes
+    probe_interval_s: float  # P7: one probe query every this many seconds
+    idle_probes: int  # P7: probes against the idle database
+    drain_timeout_s: int  # consumer budget in the bench stack
+    deadline_s: float  # how long a drain may take before the run gives up
+
+
+FULL = Sizes(
+    import_repeats=5,
+    burst=3000,
+    cap=4,
+    component_rounds=300,
+    enqueue_items=3000,
+    enqueue_max_tps=50,
+    probe_interval_s=0.02,
+    idle_probes=200,
+    drain_timeout_s=15,
+    deadline_s=180,
+)
+
+SMOKE = Sizes(
+    import_repeats=1,
+    burst=60,
+    cap=2,
+    component_rounds=10,
+    enqueue_items=40,
+    enqueue_max_tps=20,
+    probe_interval_s=0.02,
+    idle_probes=20,
+    drain_timeout_s=12,
+    deadline_s=60,
+)
