@@ -1,0 +1,368 @@
+"""One chaos scenario end to end: a local stack of its own, a known set of items, a fault,
+then a count from the database and the queues.
+
+The stack is the real one (`LocalStack`: fauxqs, the Lambda service running the real
+handlers in warm processes, the HTTP API, the schedule, MariaDB), with the SQS fault proxy
+always in between (at rate 0 unless the scenario breaks SQS) and the test-only task
+``chaos.apply`` loaded (see sluice.chaos.tasks). Nothing is faked: items go in through
+``POST /jobs`` and are counted in ``chaos_effects``, ``processed_messages`` and the DLQ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pymysql
+
+from sluice.chaos.sqs_fault_proxy import FaultPlan, SqsFaultProxy
+from sluice.chaos.tasks import EFFECTS_TABLE_SQL
+from sluice.local.fauxqs import FauxqsServer
+from sluice.local.mariadb import DatabaseUrl, PrivateMariaDB
+from sluice.local.stack import LocalStack
+from sluice.settings import Settings
+
+MACHINE_DB = "mysql://root@127.0.0.1:3306/"
+
+
+class ScenarioError(AssertionError):
+    """A scenario could not reach the state it needs (the stack never settled, a pause never came)."""
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy; ScenarioError naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise ScenarioError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    items: int
+    applied_once: int
+    duplicates: int
+    lost: int
+    in_dlq: int
+    poison: int
+    peak_workers: int
+    cap: int
+    order_ok: bool
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+
+def format_table(results: list[ScenarioResult]) -> str:
+    head = ("scenario", "items", "applied once", "duplicates", "lost", "in DLQ", "peak/cap", "verdict")
+    rows = [head] + [(r.scenario, str(r.items), str(r.applied_once), str(r.duplicates), str(r.lost),
+                      f"{r.in_dlq}/{r.poison}", f"{r.peak_workers}/{r.cap}", r.verdict) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    for r in results:
+        lines += [f"  {r.scenario}: {p}" for p in r.problems]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    group: str
+    seq: int
+    poison: bool
+    payload: dict[str, Any]
+
+    def request_item(self) -> dict[str, Any]:
+        return {"task": "chaos.apply", "key": self.key, "group": self.group, "payload": self.payload}
+
+
+def make_items(run: str, valid: int, poison: int, *, groups: int = 4,
+               extra: Callable[[int], dict[str, Any]] | None = None) -> list[Item]:
+    """``valid`` + ``poison`` items spread over ``groups`` groups, seq rising within each group."""
+    items: list[Item] = []
+    per_group: Counter[str] = Counter()
+    for i in range(valid + poison):
+        group = f"{run}-g{i % groups}"
+        is_poison = i >= valid
+        payload: dict[str, Any] = {"seq": per_group[group], "poison": is_poison}
+        payload.update(extra(i) if extra else {})
+        items.append(Item(f"{run}-k{i}", group, per_group[group], is_poison, payload))
+        per_group[group] += 1
+    return items
+
+
+@dataclass
+class ChaosRun:
+    """A stack for one scenario. ``with ChaosRun(...) as run:`` starts it and stops it."""
+
+    name: str
+    work_dir: Path
+    max_parallel: int = 2
+    reserved_concurrency: int = 3
+    drain_timeout_s: int = 10
+    worker_timeout_s: int = 6  # the worker keeps max(2, t/4) + 1 s in reserve: 3 s would leave none
+    visibility_s: int = 12
+    max_receive_count: int = 6
+    private_db: bool = False
+    tick_s: float = 0.3
+    seed: int = 1
+
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8], init=False)
+    stack: LocalStack | None = field(default=None, init=False)
+    proxy: SqsFaultProxy | None = field(default=None, init=False)
+    mariadb: PrivateMariaDB | None = field(default=None, init=False)
+    _fauxqs: FauxqsServer | None = field(default=None, init=False)
+    _admin_url: str = field(default="", init=False)
+    _db_name: str = field(default="", init=False)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(
+            stage="chaos",
+            queue={"name": f"chaos-{self.run_id}", "groups": 4, "visibility_s": self.visibility_s,
+                   "max_receive_count": self.max_receive_count},
+            drain={"timeout_s": self.drain_timeout_s, "max_parallel": self.max_parallel,
+                   "safety_margin_ms": 1000, "wait_s": 1, "max_rate": 500},
+            worker={"timeout_s": self.worker_timeout_s, "reserved_concurrency": self.reserved_concurrency,
+                    "batch_size": 10},
+            enqueuer={"max_items": 1000},
+            database={"name": self._db_name, "secret": "sluice/chaos/database"},
+            api={"auth": "none"},
+            local={"tick_s": self.tick_s, "sqs": "fauxqs"},
+        )
+
+    @property
+    def chaos_dir(self) -> Path:
+        return self.work_dir / "markers"
+
+    def __enter__(self) -> ChaosRun:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.chaos_dir.mkdir(parents=True, exist_ok=True)
+        self._db_name = f"chaos_{self.run_id}"
+        if self.private_db:
+            self.mariadb = PrivateMariaDB(self.work_dir / "mariadb")
+            self._admin_url = str(self.mariadb.start())
+        else:
+            self._admin_url = MACHINE_DB
+        self._fauxqs = FauxqsServer(log_path=self.work_dir / "fauxqs.log")
+        upstream = self._fauxqs.start()
+        self.proxy = SqsFaultProxy(upstream, FaultPlan(rate=0.0), seed=self.seed)
+        proxy_url = self.proxy.start()
+        db_url = str(DatabaseUrl.parse(self._admin_url).with_database(self._db_name))
+        self.stack = LocalStack(self.settings, sqs=proxy_url, database_url=db_url, tick_s=self.tick_s,
+                                local_dir=self.work_dir / "stack", write_env=False, schedule=True,
+                                extra_function_env={"SLUICE_EXTRA_TASK_MODULES": "sluice.chaos.tasks",
+                                                    "SLUICE_CHAOS_DIR": str(self.chaos_dir),
+                                                    "POWERTOOLS_LOG_LEVEL": "WARNING"})
+        self.stack.start()
+        with self.db() as conn, conn.cursor() as cur:
+            cur.execute(EFFECTS_TABLE_SQL)
+        self._direct_sqs = boto3.client("sqs", endpoint_url=upstream, region_name="us-east-1",
+                                        aws_access_key_id="local", aws_secret_access_key="local")
+
+    def stop(self) -> None:
+        if self.stack is not None:
+            self.stack.stop()
+        if self.proxy is not None:
+            self.proxy.stop()
+        if self._fauxqs is not None:
+            self._fauxqs.stop()
+        if self._db_name and self.mariadb is None and self._admin_url:
+            try:
+                conn = pymysql.connect(**_connect_args(self._admin_url), autocommit=True)
+                with conn.cursor() as cur:
+                    cur.execute(f"DROP DATABASE IF EXISTS `{self._db_name}`")
+                conn.close()
+            except pymysql.MySQLError:
+                pass
+        if self.mariadb is not None:
+            self.mariadb.stop()
+
+    # -- the parts a scenario touches -------------------------------------------------------
+
+    def db(self) -> pymysql.connections.Connection:
+        return pymysql.connect(**_connect_args(self._admin_url), database=self._db_name, autocommit=True)
+
+    def lambda_stats(self) -> dict[str, Any]:
+        assert self.stack is not None and self.stack.lambdas is not None
+        return {name: s.as_dict() for name, s in self.stack.lambdas.stats().items()}
+
+    def function(self, key: str) -> dict[str, Any]:
+        assert self.stack is not None
+        return self.lambda_stats()[self.stack.function_name(key)]
+
+    def enqueue(self, items: list[Item], timeout_s: float = 60) -> None:
+        """POST the items to /jobs (real HTTP) in requests of 100 until each one is accepted.
+
+        Under SQS faults the enqueuer may answer 207/503 for some items; resubmitting is its
+        documented remedy (same keys, same dedup ids), so that is what a client does here.
+        """
+        assert self.stack is not None and self.stack.api is not None
+        url = self.stack.api.url.rstrip("/") + "/jobs"
+        pending = list(items)
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            if time.monotonic() > deadline:
+                raise ScenarioError(f"{len(pending)} items still not accepted by POST /jobs")
+            chunk, rest = pending[:100], pending[100:]
+            body = json.dumps({"items": [i.request_item() for i in chunk]}).encode()
+            request = urllib.request.Request(url, data=body, method="POST",
+                                             headers={"content-type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as reply:
+                    status, answer = reply.status, json.loads(reply.read())
+            except urllib.error.HTTPError as exc:
+                status, answer = exc.code, json.loads(exc.read() or b"{}")
+            if status == 202:
+                pending = rest
+            elif status in (207, 503):
+                failed = {row["key"] for row in answer.get("items", []) if "error" in row} if status == 207 \
+                    else {i.key for i in chunk}
+                pending = [i for i in chunk if i.key in failed] + rest
+            else:
+                raise ScenarioError(f"POST /jobs answered {status}: {answer}")
+
+    def depth(self) -> tuple[int, int]:
+        assert self.stack is not None and self.stack.queues is not None
+        attributes = self._direct_sqs.get_queue_attributes(
+            QueueUrl=self.stack.queues.url, AttributeNames=["All"])["Attributes"]
+        return (int(attributes["ApproximateNumberOfMessages"]),
+                int(attributes["ApproximateNumberOfMessagesNotVisible"]))
+
+    def effects(self) -> int:
+        with self.db() as conn, conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM chaos_effects")
+            return int(cur.fetchone()[0])
+
+    def wait_for_marker(self, key: str, point: str, timeout_s: float = 60) -> int:
+        """The pid of the worker process paused at ``point`` on item ``key``."""
+        marker = self.chaos_dir / f"{key}.{point}"
+        wait_for(marker.exists, timeout_s, f"item {key} to reach {point}")
+        return int(marker.read_text())
+
+    def settle(self, timeout_s: float = 180) -> None:
+        """Poll until the queue is empty, nothing is in flight and no function is busy (twice in a row)."""
+        def idle() -> bool:
+            visible, in_flight = self.depth()
+            busy = self.function("worker")["busy"]
+            return visible == 0 and in_flight == 0 and busy == 0
+
+        def twice() -> bool:
+            if not idle():
+                return False
+            time.sleep(self.tick_s * 2)  # a drain may have just taken the last message: look again
+            return idle()
+
+        wait_for(twice, timeout_s, "the queue to drain (queue empty, nothing in flight, workers idle)", 0.5)
+
+    def dead_letters(self) -> dict[str, dict[str, str]]:
+        """Every DLQ message: item key -> its sluice_* attributes (the reason)."""
+        assert self.stack is not None and self.stack.queues is not None
+        found: dict[str, dict[str, str]] = {}
+        empty_rounds = 0
+        while empty_rounds < 2:
+            reply = self._direct_sqs.receive_message(
+                QueueUrl=self.stack.queues.dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=300,
+                MessageAttributeNames=["All"], WaitTimeSeconds=0)
+            messages = reply.get("Messages", [])
+            empty_rounds = 0 if messages else empty_rounds + 1
+            for m in messages:
+                key = json.loads(m["Body"]).get("key", "?")
+                found[key] = {k: v.get("StringValue", "") for k, v in m.get("MessageAttributes", {}).items()}
+        return found
+
+    # -- faults ---------------------------------------------------------------------------
+
+    def kill(self, pid: int) -> None:
+        os.kill(pid, signal.SIGKILL)
+
+    # -- the count --------------------------------------------------------------------------
+
+    def verify(self, items: list[Item], *, cap: int | None = None) -> ScenarioResult:
+        valid = {i.key for i in items if not i.poison}
+        poison = {i.key for i in items if i.poison}
+        with self.db() as conn, conn.cursor() as cur:
+            cur.execute("SELECT item_key, group_id, seq FROM chaos_effects ORDER BY id")
+            rows = cur.fetchall()
+            cur.execute("SELECT item_key FROM processed_messages")
+            ledger = {r[0] for r in cur.fetchall()}
+        applied = Counter(r[0] for r in rows)
+        by_group: dict[str, list[int]] = defaultdict(list)
+        for _, group, seq in rows:
+            by_group[group].append(seq)
+        order_ok = all(seqs == sorted(seqs) for seqs in by_group.values())
+        dlq = self.dead_letters()
+        worker = self.function("worker")
+        cap = cap if cap is not None else self.max_parallel
+        result = ScenarioResult(
+            scenario=self.name, items=len(items),
+            applied_once=sum(1 for k in valid if applied[k] == 1),
+            duplicates=sum(n - 1 for n in applied.values() if n > 1),
+            lost=sum(1 for k in valid if applied[k] == 0),
+            in_dlq=len(set(dlq) & poison), poison=len(poison),
+            peak_workers=int(worker["peak_busy"]), cap=cap, order_ok=order_ok,
+        )
+        if result.duplicates:
+            result.problems.append(f"{result.duplicates} duplicate applications")
+        if result.lost:
+            result.problems.append(f"{result.lost} valid items never applied: "
+                                   f"{sorted(k for k in valid if applied[k] == 0)[:5]}")
+        if poison - set(dlq):
+            result.problems.append(f"poison items missing from the DLQ: {sorted(poison - set(dlq))[:5]}")
+        if set(dlq) - poison:
+            wrongly = {k: dlq[k].get("sluice_error", "") for k in sorted(set(dlq) - poison)[:3]}
+            result.problems.append(f"valid items dead-lettered: {wrongly}")
+        no_reason = [k for k in set(dlq) & poison if not dlq[k].get("sluice_error")]
+        if no_reason:
+            result.problems.append(f"dead letters without a reason: {no_reason[:5]}")
+        if applied.keys() & poison:
+            result.problems.append("a poison item left an effect")
+        if ledger != valid:
+            result.problems.append(f"ledger rows {len(ledger)} != valid items {len(valid)}")
+        if not order_ok:
+            result.problems.append("a group's items were committed out of order")
+        if result.peak_workers > cap:
+            result.problems.append(f"worker concurrency peaked at {result.peak_workers}, above the cap {cap}")
+        visible, in_flight = self.depth()
+        if visible or in_flight:
+            result.problems.append(f"queue not empty: {visible} visible, {in_flight} in flight")
+        return result
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    parsed = DatabaseUrl.parse(url)
+    return {"host": parsed.host, "port": parsed.port, "user": parsed.user, "password": parsed.password,
+            "connect_timeout": 5}

@@ -1,0 +1,99 @@
+"""A test-only task for the chaos suite, registered only when a deployment asks for it
+(``SLUICE_EXTRA_TASK_MODULES=sluice.chaos.tasks``; never in config files).
+
+``chaos.apply`` appends one row per application to ``chaos_effects`` - a table with NO unique
+key, so an item applied twice shows as two rows instead of being hidden by a constraint. Its
+payload can make it pause at a known point, so a test can kill the worker process there:
+
+* ``pause: "before_commit"`` - inside the transaction, after the effect row is written;
+* ``pause: "after_commit"`` - after the commit, before the message is deleted;
+* ``slow_receives: N`` with ``sleep_ms`` - sleep on the first N receives (a worker timeout).
+
+On reaching a pause it writes ``<SLUICE_CHAOS_DIR>/<key>.<pause>`` holding its pid, then sleeps.
+``poison: true`` fails permanently (the item must end in the DLQ with this reason).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sluice import work
+from sluice.tasks import PermanentTaskError, task
+
+if TYPE_CHECKING:
+    from sluice.db import Transaction
+    from sluice.work import WorkItem
+
+EFFECTS_TABLE_SQL = """
+CREATE TABLE IF NOT EXISTS chaos_effects (
+    id         BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    item_key   VARCHAR(256)    NOT NULL,
+    group_id   VARCHAR(128)    NOT NULL,
+    seq        INT             NOT NULL,
+    pid        INT             NOT NULL,
+    applied_at DATETIME(6)     NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+    PRIMARY KEY (id),
+    KEY chaos_effects_key (item_key)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4
+"""
+PAUSE_S = 60.0  # long enough for any test to kill the process; a pause is never meant to end
+
+
+class ChaosPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seq: int = Field(ge=0)
+    poison: bool = False
+    pause: Literal["none", "before_commit", "after_commit"] = "none"
+    sleep_ms: int = Field(0, ge=0, le=120_000)
+    slow_receives: int = Field(0, ge=0)
+
+
+_pause_after_commit: set[str] = set()  # message ids whose delete should wait
+
+
+def _reach(key: str, point: str) -> None:
+    """Say where this process is (for the test to kill it), then wait to be killed."""
+    directory = os.environ.get("SLUICE_CHAOS_DIR", "")
+    if directory:
+        marker = Path(directory) / f"{key}.{point}"
+        marker.with_suffix(".tmp").write_text(str(os.getpid()))
+        marker.with_suffix(".tmp").rename(marker)
+    time.sleep(PAUSE_S)
+
+
+@task("chaos.apply", ChaosPayload)
+def apply_chaos(tx: Transaction, payload: ChaosPayload, item: WorkItem) -> None:
+    if payload.poison:
+        raise PermanentTaskError(f"poison item {item.key}: refused on purpose by the chaos suite")
+    # Transaction has no generic statement on purpose (tasks use named methods); this test-only
+    # table is written through its cursor.
+    cursor: Any = tx._cur  # noqa: SLF001
+    cursor.execute("INSERT INTO chaos_effects (item_key, group_id, seq, pid) VALUES (%s, %s, %s, %s)",
+                   (item.key, item.group_id, payload.seq, os.getpid()))
+    if payload.sleep_ms and item.receive_count <= payload.slow_receives:
+        time.sleep(payload.sleep_ms / 1000)
+    if payload.pause == "before_commit" and item.receive_count == 1:
+        _reach(item.key, "before_commit")
+    if payload.pause == "after_commit" and item.receive_count == 1:
+        _pause_after_commit.add(item.message_id)
+
+
+_original_delete = work._delete
+
+
+def _delete_after_pause(queue: Any, record: Any) -> None:
+    if record.message_id in _pause_after_commit:
+        _pause_after_commit.discard(record.message_id)
+        key = work.Envelope.from_body(record.body).key
+        _reach(key, "after_commit")
+    _original_delete(queue, record)
+
+
+# The worker looks _delete up at call time, so this hook sits exactly between commit and delete.
+work._delete = _delete_after_pause
