@@ -58,7 +58,7 @@ def package_stage(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], P
         if stage not in done:
             directory = tmp_path_factory.mktemp(f"package-{stage}")
             result = run_make("package", f"STAGE={stage}", f"PACKAGE_DIR={directory}")
-            assert result.returncode == 0, f"make package STAGE={stage} failed:\n{result.stdout}\n{result.stderr}"
+            assert result.returncode == 0, f"make package STAGE={stage}:\n{result.stdout}\n{result.stderr}"
             done[stage] = Packaged(stage, load_settings(stage, PROJECT_ROOT / "config"), directory)
         return done[stage]
 

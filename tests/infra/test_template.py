@@ -86,7 +86,8 @@ def test_functions_agree_with_the_function_table(packaged: Packaged) -> None:
         assert tuple(env) == spec.env_names == RUNTIME_ENV_NAMES
         # literal values equal what the settings derive; the rest are references to stack resources
         literal = {k: v for k, v in env.items() if isinstance(v, str)}
-        assert set(literal) == set(expected_env) - {"SLUICE_QUEUE_URL", "SLUICE_DLQ_URL", "SLUICE_DB_SECRET_ID"}
+        references = {"SLUICE_QUEUE_URL", "SLUICE_DLQ_URL", "SLUICE_DB_SECRET_ID"}
+        assert set(literal) == set(expected_env) - references
         assert all(same_value(literal[k], expected_env[k]) for k in literal), (literal, expected_env)
         assert env["SLUICE_QUEUE_URL"] == {"Ref": "JobsQueue"}
         assert env["SLUICE_DLQ_URL"] == {"Ref": "DeadLetterQueue"}
@@ -100,8 +101,9 @@ def test_consumer_schedule_starts_one_drain_per_consumer(packaged: Packaged) -> 
     rules = [r["Properties"] for r in packaged.resources.values() if r["Type"] == "AWS::Events::Rule"]
     # THEN there is one rule per consumer, each on the configured schedule, each starting the consumer
     assert len(rules) == drain.consumers
+    schedule = function_table(packaged.settings)["consumer"].schedule
     for rule in rules:
-        assert rule["ScheduleExpression"] == function_table(packaged.settings)["consumer"].schedule == drain.schedule
+        assert rule["ScheduleExpression"] == schedule == drain.schedule
         assert [t["Arn"] for t in rule["Targets"]] == [{"Fn::GetAtt": ["ConsumerLambdaFunction", "Arn"]}]
 
 
@@ -123,11 +125,13 @@ def test_each_role_grants_exactly_what_its_function_uses(packaged: Packaged) -> 
 def test_alarms_go_to_the_alarm_topic(packaged: Packaged) -> None:
     # GIVEN the template's alarms
     template, alarms_cfg = packaged.template, packaged.settings.alarms
-    alarms = {k: v["Properties"] for k, v in template["Resources"].items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    alarms = {k: v["Properties"] for k, v in template["Resources"].items()
+              if v["Type"] == "AWS::CloudWatch::Alarm"}
     # THEN the four alarms watch the right metrics ...
     watched = {(a["Namespace"], a["MetricName"], str(a["Dimensions"][0]["Value"])) for a in alarms.values()}
     assert watched == {
-        ("AWS/SQS", "ApproximateNumberOfMessagesVisible", str({"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]})),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible",
+         str({"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]})),
         ("AWS/SQS", "ApproximateAgeOfOldestMessage", str({"Fn::GetAtt": ["JobsQueue", "QueueName"]})),
         ("AWS/Lambda", "Errors", str({"Ref": "ConsumerLambdaFunction"})),
         ("AWS/Lambda", "Throttles", str({"Ref": "WorkerLambdaFunction"})),
@@ -180,9 +184,11 @@ def test_prod_has_a_private_encrypted_protected_database(prod: Packaged) -> None
     # ... in two private subnets of its own VPC, reachable only from the worker security group
     subnets = [r for r in resources.values() if r["Type"] == "AWS::EC2::Subnet"]
     assert len(subnets) == 2 and all(s["Properties"]["MapPublicIpOnLaunch"] is False for s in subnets)
-    assert not any(r["Type"] in ("AWS::EC2::InternetGateway", "AWS::EC2::NatGateway") for r in resources.values())
+    types = {r["Type"] for r in resources.values()}
+    assert not types & {"AWS::EC2::InternetGateway", "AWS::EC2::NatGateway"}
     ingress = resources["DatabaseSecurityGroup"]["Properties"]["SecurityGroupIngress"]
-    assert [(i["FromPort"], i["SourceSecurityGroupId"]) for i in ingress] == [(3306, {"Ref": "WorkerSecurityGroup"})]
+    sources = [(i["FromPort"], i["SourceSecurityGroupId"]) for i in ingress]
+    assert sources == [(3306, {"Ref": "WorkerSecurityGroup"})]
     # ... with interface endpoints for SQS and Secrets Manager (no NAT)
     endpoints = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::EC2::VPCEndpoint"]
     assert sorted(e["ServiceName"]["Fn::Join"][1][-1] for e in endpoints) == [".secretsmanager", ".sqs"]
