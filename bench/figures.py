@@ -120,9 +120,9 @@ def as_markdown(figures: Sequence[Figure]) -> str:
 
 
 def write_results(directory: Path, figures: Sequence[Figure], extra: dict[str, Any]) -> Path:
-    """``latest.json`` (figures + timeline + run facts) and ``latest.md`` (the table)."""
+    """``latest.json``: the figures, their markdown table, the timeline and the run's facts."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "latest.json"
-    path.write_text(json.dumps({"figures": [f.to_json() for f in figures], **extra}, indent=1, default=str))
-    (directory / "latest.md").write_text(as_markdown(figures) + "\n")
+    document = {"figures": [f.to_json() for f in figures], "markdown": as_markdown(figures), **extra}
+    path.write_text(json.dumps(document, indent=1, default=str))
     return path

@@ -1,0 +1,121 @@
+"""Smoke run of the benchmark harness with tiny sizes: it runs end to end and reports every figure.
+
+No timing is asserted here (a shared 2-core machine makes absolute times noise); only that the
+harness measures what it claims: every question P1..P7 answered, the counts it derives from
+real servers consistent with each other, and the bounds sluice promises (cap, budget, batch
+calls) holding even at this size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.figures import Figure, percentile
+from bench.scenarios.enqueue_rate import max_in_window, steady_rate
+from bench.sizes import SMOKE
+from bench.timeline import Sample
+from sluice.settings import PROJECT_ROOT
+
+pytestmark = [pytest.mark.functional, pytest.mark.bench]
+
+
+def _figures(document: dict[str, Any], pid: str) -> list[dict[str, Any]]:
+    return [f for f in document["figures"] if f["pid"] == pid]
+
+
+def _one(document: dict[str, Any], name_start: str) -> dict[str, Any]:
+    found = [f for f in document["figures"] if f["name"].startswith(name_start)]
+    assert len(found) == 1, f"expected one figure named {name_start!r}, found {[f['name'] for f in found]}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--no-plot", "--out", str(out)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, f"bench --smoke failed:\n{done.stderr[-3000:]}"
+    document: dict[str, Any] = json.loads((out / "latest.json").read_text())
+    document["_stdout"] = done.stdout
+    return document
+
+
+def test_every_question_is_answered_as_a_ratio_with_its_inputs(smoke_results: dict[str, Any]) -> None:
+    # GIVEN a smoke run of the whole harness
+    # WHEN its results are read back
+    figures = smoke_results["figures"]
+    # THEN every question P1..P7 has figures, each a ratio of two numbers with the inputs that made it
+    assert {f["pid"] for f in figures} == {f"P{i}" for i in range(1, 8)}
+    for f in figures:
+        assert f["denominator"] != 0 and f["value"] == pytest.approx(f["numerator"] / f["denominator"]), f
+        assert f["inputs"], f"{f['pid']} {f['name']} carries no inputs"
+        assert f"{f['value']:.3g}" in smoke_results["_stdout"], f"{f['name']} is not printed"
+    # AND the markdown table for the docs is part of the results
+    assert smoke_results["markdown"].count("\n| P") == len(figures)
+
+
+def test_the_bounds_sluice_promises_hold(smoke_results: dict[str, Any]) -> None:
+    # GIVEN the smoke run's figures
+    # THEN the cap was never exceeded, no drain overran its budget, enqueue made ceil(n/10) calls
+    peak = _one(smoke_results, "peak workers busy / cap")
+    assert peak["holds"] is True and peak["denominator"] == SMOKE.cap
+    assert peak["numerator"] >= 1, "no worker ever ran: the drain did nothing"
+    overruns = _one(smoke_results, "consumer budget overruns")
+    assert overruns["numerator"] == 0 and overruns["denominator"] >= 1
+    calls = _one(smoke_results, "enqueue batch calls")
+    assert calls["numerator"] == calls["denominator"] == math.ceil(SMOKE.enqueue_items / 10)
+    busiest = _one(smoke_results, "busiest 1 s of calls")
+    assert busiest["numerator"] <= SMOKE.enqueue_max_tps
+
+
+def test_counts_agree_with_the_drain_reports_and_the_timeline(smoke_results: dict[str, Any]) -> None:
+    # GIVEN the burst the smoke run drained
+    reports = smoke_results["drain_reports"]
+    # THEN the consumers received and the workers finished every item of it, exactly once
+    assert sum(r["succeeded"] for r in reports) == SMOKE.burst
+    assert sum(r["duplicates"] for r in reports) == 0
+    # AND the proxy saw one DeleteMessage per item (the workers delete what they applied)
+    p1 = _one(smoke_results, "drain requests per item")
+    assert f"DeleteMessage={SMOKE.burst}" in p1["inputs"]["sluice_calls"]
+    # AND the timeline saw the backlog and the workers at work, never above the cap
+    timeline = smoke_results["timeline"]
+    assert max(s["visible"] + s["in_flight"] for s in timeline) > 0
+    assert max(s["busy"] for s in timeline) <= SMOKE.cap
+    # AND the DB probe ran in all three conditions
+    assert all(len(smoke_results["probe"][k]) > 0 for k in ("idle", "sluice", "direct"))
+    assert all(f["inputs"]["direct_writers"] == 10 * SMOKE.cap for f in _figures(smoke_results, "P7"))
+
+
+def test_figure_bounds_and_window_arithmetic() -> None:
+    # GIVEN figures with bounds, and call times
+    # THEN a bound is judged on the ratio, and a zero denominator never passes
+    assert Figure("P3", "x", 4, "a", 4, "b", expect="<= 1").holds is True
+    assert Figure("P3", "x", 5, "a", 4, "b", expect="<= 1").holds is False
+    assert Figure("P4", "x", 0, "a", 3, "b", expect="== 0").holds is True
+    assert Figure("P4", "x", 1, "a", 0, "b", expect="== 0").holds is False
+    assert Figure("P2", "x", 1, "a", 2, "b").holds is None
+    # AND the busiest second and the steady rate come out of the call times as defined
+    assert max_in_window([0.0, 0.1, 0.5, 0.99, 1.0, 2.5]) == 4
+    assert steady_rate([0.0] * 10 + [1.0 + i / 5 for i in range(11)]) == pytest.approx(5.0)
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0 and percentile([1.0, 2.0], 99) == 2.0
+
+
+def test_timeline_plot_is_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib", reason="the plot needs the bench extra (make bench installs it)")
+    from bench.plot import plot_timeline
+
+    # GIVEN a short timeline and probe series
+    samples = [Sample(t=100 + i / 10, visible=max(0, 50 - 5 * i), in_flight=min(i, 4), busy=min(i, 2), cap=2)
+               for i in range(15)]
+    probe = [(100 + i / 10, 1.0 + i % 3) for i in range(15)]
+    # WHEN it is plotted
+    path = plot_timeline(tmp_path / "t.png", samples, probe, probe[:5], 1.2, "smoke")
+    # THEN a PNG file is written
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
