@@ -126,6 +126,7 @@ class ChaosRun:
     worker_timeout_s: int = 6  # the worker keeps max(2, t/4) + 1 s in reserve: 3 s would leave none
     visibility_s: int = 12
     max_receive_count: int = 6
+    batch_size: int = 10
     private_db: bool = False
     tick_s: float = 0.3
     seed: int = 1
@@ -147,7 +148,7 @@ class ChaosRun:
             drain={"timeout_s": self.drain_timeout_s, "max_parallel": self.max_parallel,
                    "safety_margin_ms": 1000, "wait_s": 1, "max_rate": 500},
             worker={"timeout_s": self.worker_timeout_s, "reserved_concurrency": self.reserved_concurrency,
-                    "batch_size": 10},
+                    "batch_size": self.batch_size},
             enqueuer={"max_items": 1000},
             database={"name": self._db_name, "secret": "sluice/chaos/database"},
             api={"auth": "none"},
@@ -289,7 +290,7 @@ class ChaosRun:
         wait_for(twice, timeout_s, "the queue to drain (queue empty, nothing in flight, workers idle)", 0.5)
 
     def dead_letters(self) -> dict[str, dict[str, str]]:
-        """Every DLQ message: item key -> its sluice_* attributes (the reason)."""
+        """Every DLQ message: item key -> its sluice_* attributes (the reason). Empties the DLQ."""
         assert self.stack is not None and self.stack.queues is not None
         found: dict[str, dict[str, str]] = {}
         empty_rounds = 0
@@ -302,6 +303,10 @@ class ChaosRun:
             for m in messages:
                 key = json.loads(m["Body"]).get("key", "?")
                 found[key] = {k: v.get("StringValue", "") for k, v in m.get("MessageAttributes", {}).items()}
+                # A FIFO group with a message in flight hands out nothing more: the read is the
+                # end of this queue's life, so each message is deleted once counted.
+                self._direct_sqs.delete_message(QueueUrl=self.stack.queues.dlq_url,
+                                                ReceiptHandle=m["ReceiptHandle"])
         return found
 
     # -- faults ---------------------------------------------------------------------------

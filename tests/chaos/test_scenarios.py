@@ -83,8 +83,9 @@ def test_database_restarted_mid_drain(tmp_path: Path, record_result: Record) -> 
 @pytest.mark.chaos_full_only
 def test_lambda_throttling(tmp_path: Path, record_result: Record) -> None:
     # GIVEN a consumer allowed 4 workers, but the worker's reserved concurrency is 2 (429s)
+    # (one message per invocation, so the consumer really asks for 4 at once)
     with ChaosRun("Lambda throttling (cap 4 > reserved 2)", tmp_path, max_parallel=4,
-                  reserved_concurrency=2) as run:
+                  reserved_concurrency=2, batch_size=1) as run:
         items = make_items(run.run_id, VALID, POISON, groups=8, extra=lambda i: {"sleep_ms": 50})
         # WHEN the burst drains
         run.enqueue(items)
