@@ -16,6 +16,8 @@ from bench.sizes import FULL, SMOKE, Sizes
 from sluice.settings import PROJECT_ROOT
 
 DEFAULT_OUT = PROJECT_ROOT / "bench" / "results"
+# Function and fauxqs logs: local state, beside the local stack's own (git-ignored).
+LOG_DIR = PROJECT_ROOT / ".sluice" / "bench-logs"
 
 
 def run(sizes: Sizes, out: Path, plot: bool = True) -> tuple[list[Figure], Path]:
@@ -36,7 +38,7 @@ def run(sizes: Sizes, out: Path, plot: bool = True) -> tuple[list[Figure], Path]
         create_probe_table(db.url)
         step("P7 idle probe")
         idle = db_protection.idle_probe(db.url, sizes.probe_interval_s, sizes.idle_probes)
-        with BenchStack(sizes.cap, sizes.drain_timeout_s, db.url, out / "logs") as stack:
+        with BenchStack(sizes.cap, sizes.drain_timeout_s, db.url, LOG_DIR) as stack:
             step("P5 enqueue")
             figures += enqueue_rate.run(stack, sizes.enqueue_items, sizes.enqueue_max_tps)
             step(f"P1-P4 drain a burst of {sizes.burst}")
@@ -81,6 +83,20 @@ def _stepper(started: float) -> Callable[[str], None]:
     return step
 
 
+def _bench_errors() -> tuple[type[BaseException], ...]:
+    from bench.plot import PlotUnavailableError
+    from bench.scenarios.cold_import import ImportBenchError
+    from sluice.db import DbError
+    from sluice.local.processes import LocalServiceError
+    from sluice.settings import SettingsError
+
+    return (DbError, LocalServiceError, SettingsError, PlotUnavailableError, ImportBenchError, RuntimeError,
+            OSError)
+
+
+BENCH_ERRORS = _bench_errors()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--smoke", action="store_true",
@@ -88,7 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where latest.json and the PNG go")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     args = parser.parse_args(argv)
-    figures, path = run(SMOKE if args.smoke else FULL, args.out, plot=not args.no_plot)
+    try:
+        figures, path = run(SMOKE if args.smoke else FULL, args.out, plot=not args.no_plot)
+    except BENCH_ERRORS as exc:
+        # What a user can act on (no database, no Node, a drain that never finished), not a traceback.
+        from sluice.db import DbError
+
+        hint = ("the bench needs a MariaDB it may create databases on: DATABASE_ADMIN_URL "
+                "(default mysql://root@127.0.0.1:3306/)" if isinstance(exc, DbError) else f"logs: {LOG_DIR}")
+        print(f"bench: {type(exc).__name__}: {exc}\n{hint}", file=sys.stderr)
+        return 2
     print(as_text(figures))
     print()
     print(as_markdown(figures))
