@@ -45,7 +45,7 @@ def plot_timeline(
     ax_busy.axhline(samples[0].cap, color="tab:red", linestyle="--", label=f"cap ({samples[0].cap})")
     ax_busy.set_ylim(0, samples[0].cap + 1.5)
     ax_busy.set_ylabel("workers")
-    ax_busy.set_xlabel("seconds since the burst was enqueued (sluice drain)")
+    ax_busy.set_xlabel("seconds since the first drain started (the burst was already enqueued)")
     ax_busy.legend(loc="upper right")
     ax_busy.grid(alpha=0.3)
 
