@@ -252,7 +252,9 @@ def lambda_invoker(function_name: str, lambda_url: str, timeout_s: int, region: 
     from sluice.aws import FunctionInvoker
 
     client = boto3.client(
-        "lambda", endpoint_url=lambda_url, region_name=region,
+        # The local service takes any credentials; these keep the caller's own (or none) out of it.
+        "lambda", endpoint_url=lambda_url, region_name=region, aws_access_key_id="local",
+        aws_secret_access_key="local", aws_session_token=None,
         # No retries: a retried RequestResponse invoke would enqueue twice (dedup ids make it
         # harmless, but API Gateway does not retry either).
         config=Config(read_timeout=timeout_s + 10, retries={"max_attempts": 1}, max_pool_connections=50),
