@@ -266,7 +266,8 @@ class ChaosRun:
     def effects(self) -> int:
         with self.db() as conn, conn.cursor() as cur:
             cur.execute("SELECT COUNT(*) FROM chaos_effects")
-            return int(cur.fetchone()[0])
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
 
     def wait_for_marker(self, key: str, point: str, timeout_s: float = 60) -> int:
         """The pid of the worker process paused at ``point`` on item ``key``."""
