@@ -42,7 +42,7 @@ from typing import Any
 
 from sluice.aws import AwsError, OutgoingMessage, Queue, SentMessage
 from sluice.envelope import MAX_GROUP_LENGTH, MAX_KEY_LENGTH, Envelope, group_id
-from sluice.ratelimit import TokenBucket
+from sluice.ratelimit import CallWindow
 from sluice.settings import RuntimeConfig
 from sluice.tasks import PayloadError, UnknownTaskError, get_task, load_tasks
 
@@ -285,7 +285,8 @@ class Enqueuer:
         threads: int = 4,
         max_attempts: int = 4,
         backoff_s: float = 0.05,
-        bucket: TokenBucket | None = None,
+        window: CallWindow | None = None,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         # Register the deployment's tasks now, so the first request does not pay for it and a
@@ -298,8 +299,8 @@ class Enqueuer:
         self.threads = max(1, threads)
         self.max_attempts = max(1, max_attempts)
         self.backoff_s = backoff_s
-        # Burst of one second's worth: a request never exceeds max_tps calls in any second.
-        self.bucket = bucket or TokenBucket(max_tps, max(1.0, float(max_tps)), sleep=sleep)
+        # Never more than max_tps calls in any one-second window, evenly spaced (no first-second burst).
+        self.window = window or CallWindow(max(1.0, float(max_tps)), 1.0, clock=clock, sleep=sleep)
         self._sleep = sleep
         self._lock = threading.Lock()
 
@@ -339,11 +340,11 @@ class Enqueuer:
         for attempt in range(self.max_attempts):
             if attempt:
                 self._sleep(self.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random()))
-            self.bucket.acquire()
             with self._lock:
                 result.batch_calls += 1
             try:
-                sent, failed = self.queue.send_batch([item.outgoing() for item in pending])
+                with self.window.call():
+                    sent, failed = self.queue.send_batch([item.outgoing() for item in pending])
             except AwsError as exc:
                 # botocore already retried the call itself; the whole batch is reported failed.
                 for item in pending:

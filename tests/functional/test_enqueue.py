@@ -273,3 +273,43 @@ def test_unreachable_queue_is_503(handler: Any, monkeypatch: pytest.MonkeyPatch)
     # THEN 503 with the reason
     assert response["statusCode"] == 503
     assert "not enqueued" in response["error"] or "unavailable" in response["error"]
+
+
+class SteppedClock:
+    """Time that moves only when someone sleeps: the rate arithmetic without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def most_in_any_window(times: list[float], window_s: float = 1.0) -> int:
+    ordered = sorted(times)
+    return max(sum(1 for u in ordered[i:] if u < t + window_s) for i, t in enumerate(ordered))
+
+
+def test_no_one_second_window_holds_more_than_max_tps_calls(fifo_queues: Any) -> None:
+    # GIVEN an enqueuer capped at 5 calls/s on an injected clock, with the clock read at every
+    # SendMessageBatch the client actually makes
+    clock = SteppedClock()
+    call_times: list[float] = []
+    events = fifo_queues.sqs.meta.events
+    events.register("before-send.sqs.SendMessageBatch", lambda **_: call_times.append(clock()),
+                    unique_id="time-batches")
+    try:
+        # WHEN 180 items (18 calls, over 3 seconds' worth) are enqueued from the default 4 threads
+        result = enqueuer(fifo_queues, max_tps=5, clock=clock, sleep=clock.sleep).enqueue(
+            {"items": [invoice(i) for i in range(180)]})
+    finally:
+        events.unregister("before-send.sqs.SendMessageBatch", unique_id="time-batches")
+    # THEN every item went in, and no one-second window (the first one included) saw more than 5 calls
+    assert result.status_code == 202 and len(call_times) == 18
+    assert most_in_any_window(call_times) == 5

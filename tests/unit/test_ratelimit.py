@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from sluice.ratelimit import RateLimitError, TokenBucket
+from sluice.ratelimit import CallWindow, RateLimitError, TokenBucket
 
 pytestmark = pytest.mark.unit
 
@@ -101,3 +101,73 @@ def test_nonsense_settings_are_refused() -> None:
         TokenBucket(0, 1)
     with pytest.raises(RateLimitError, match="burst"):
         TokenBucket(1, 0)
+
+
+def most_in_any_window(times: list[float], window_s: float = 1.0) -> int:
+    ordered = sorted(times)
+    return max(sum(1 for u in ordered[i:] if u < t + window_s) for i, t in enumerate(ordered))
+
+
+def test_call_window_never_exceeds_its_limit_in_any_window_and_spaces_calls() -> None:
+    # GIVEN at most 50 calls in any second, on a clock that moves only by sleeping
+    clock = FakeClock()
+    window = CallWindow(50, 1.0, clock=clock, sleep=clock.sleep)
+    # WHEN 400 instant calls are made one after another
+    starts = []
+    for _ in range(400):
+        with window.call():
+            starts.append(clock())
+    # THEN no one-second window (the first included) holds more than 50, calls are 20 ms apart,
+    # and the whole took 399 intervals: the limit is also the steady rate
+    assert most_in_any_window(starts) == 50
+    assert starts[:3] == pytest.approx([0.0, 0.02, 0.04])
+    assert clock.now == pytest.approx(399 / 50)
+
+
+def test_call_window_counts_a_call_until_a_window_after_it_finished() -> None:
+    # GIVEN 2 calls per second, and calls that take 0.7 s each (the server may count a call
+    # anywhere between its start and its end)
+    clock = FakeClock()
+    window = CallWindow(2, 1.0, clock=clock, sleep=clock.sleep)
+    spans = []
+    # WHEN 6 such calls are made
+    for _ in range(6):
+        with window.call():
+            start = clock()
+            clock.sleep(0.7)
+            spans.append((start, clock()))
+    # THEN a call starts only once the call two before it ended a full second ago, so even
+    # counting each call at its end, no window holds more than 2
+    for earlier, later in zip(spans, spans[2:], strict=False):
+        assert later[0] >= earlier[1] + 1.0
+    assert most_in_any_window([end for _, end in spans]) == 2
+
+
+def test_call_window_threads_share_the_limit() -> None:
+    # GIVEN 8 threads making 25 calls each through a 40-per-second window on one stepped clock
+    clock = FakeClock()
+    window = CallWindow(40, 1.0, clock=clock, sleep=clock.sleep)
+    starts: list[float] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        for _ in range(25):
+            with window.call(), lock:
+                starts.append(clock())
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    # THEN all 200 calls ran and no one-second window saw more than 40
+    assert len(starts) == 200
+    assert most_in_any_window(starts) <= 40
+
+
+def test_call_window_refuses_nonsense() -> None:
+    # GIVEN a limit below one call or an empty window / THEN a clear error
+    with pytest.raises(RateLimitError, match="limit"):
+        CallWindow(0)
+    with pytest.raises(RateLimitError, match="window"):
+        CallWindow(5, 0)
