@@ -144,6 +144,11 @@ class Settings(_Section):
                 f"queue.visibility_s ({q.visibility_s}) must exceed worker.timeout_s ({w.timeout_s}): "
                 "a message must stay hidden while its worker may still be applying it"
             )
+        if w.timeout_s <= 3:
+            found.append(
+                f"worker.timeout_s ({w.timeout_s}) must be at least 4: a worker keeps max(2, timeout/4) + 1 s"
+                " in reserve to hand a batch back, so a shorter timeout hands every batch back unapplied"
+            )
         if d.max_parallel > w.reserved_concurrency:
             found.append(
                 f"drain.max_parallel ({d.max_parallel}) is above worker.reserved_concurrency "
