@@ -207,6 +207,19 @@ class Queue:
     def delete(self, receipt_handle: str) -> None:
         self._call("delete_message", ReceiptHandle=receipt_handle)
 
+    def delete_batch(self, receipt_handles: Sequence[str]) -> list[str]:
+        """DeleteMessageBatch in tens; returns the handles SQS refused (the rest are deleted)."""
+        handles = list(receipt_handles)
+        refused: list[str] = []
+        for start in range(0, len(handles), 10):
+            chunk = handles[start:start + 10]
+            reply = self._call(
+                "delete_message_batch",
+                Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(chunk)],
+            )
+            refused += [chunk[int(f["Id"])] for f in reply.get("Failed", [])]
+        return refused
+
     def change_visibility(self, receipt_handle: str, seconds: int) -> None:
         self._call("change_message_visibility", ReceiptHandle=receipt_handle, VisibilityTimeout=seconds)
 

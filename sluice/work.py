@@ -1,7 +1,12 @@
 """The worker's logic (DESIGN.md section 5), as plain Python the handler and the tests call.
 
 Per message, in order: parse the envelope, find the task, validate the payload, then ONE
-transaction = ledger row + task effect; commit; then delete the message. Outcomes:
+transaction = ledger row + task effect; commit; then delete the message. Deletes go in
+DeleteMessageBatch calls of up to ten: a message's receipt handle joins the batch only after
+its transaction committed (or its dead letter was sent), and the batch is flushed when it is
+full, before a group's visibility is pushed out, before the rest is released for lack of time,
+and before returning. A crash between commit and delete is harmless: the redelivered message
+finds its ledger row (duplicate) and is deleted. Outcomes:
 
 * done / duplicate: committed now / committed before (ledger row found) -> deleted.
 * dead_lettered: retrying cannot help (bad body, unknown task, schema violation, business
@@ -70,6 +75,38 @@ class _BatchState:
     db_unavailable: DbUnavailableError | None = None
 
 
+class _Deletions:
+    """Receipt handles of messages whose outcome is final (committed, or in the DLQ), deleted
+    ten per DeleteMessageBatch instead of one DeleteMessage each."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.handles: list[str] = []
+
+    def add(self, receipt_handle: str) -> None:
+        self.handles.append(receipt_handle)
+        if len(self.handles) >= 10:
+            self.flush()
+
+    def flush(self) -> None:
+        handles, self.handles = self.handles, []
+        if not handles:
+            return
+        try:
+            refused = self.queue.delete_batch(handles)
+        except AwsError:
+            logger.exception("could not delete a batch of messages; deleting them one by one")
+            refused = handles
+        for handle in refused:
+            # Once more on its own; if that fails too the effect (or dead letter) is still safe:
+            # a redelivery is recognised by the ledger / the DLQ dedup id.
+            try:
+                self.queue.delete(handle)
+            except AwsError:
+                logger.exception("could not delete a message; a redelivery will be recognised")
+                count("delete_failed")
+
+
 class _PermanentError(Exception):
     def __init__(self, error_type: str, reason: str) -> None:
         super().__init__(reason)
@@ -99,29 +136,14 @@ def work(
     results: list[dict[str, Any]] = []
     batch = _BatchState()
     halted: dict[str, int] = {}  # group -> visibility seconds its remaining messages get
+    deletions = _Deletions(queue)
 
-    for index, record in enumerate(records):
-        if remaining_ms() < reserve_ms:
-            results += _release(queue, records[index:])
-            break
-        t0 = time.monotonic()
-        group = record.attributes.message_group_id or ""
-        logger.append_keys(message_id=record.message_id, group=group)
-        try:
-            if group in halted:
-                # An earlier item of this group is waiting: applying this one now would break order.
-                _push_out(queue, record, halted[group])
-                outcome = RETRY
-            else:
-                outcome, delay = _handle(record, batch, db=db, queue=queue, dlq=dlq,
-                                         max_receive_count=max_receive_count, backoff=backoff)
-                if outcome == RETRY:
-                    halted[group] = delay
-        finally:
-            logger.remove_keys(_MESSAGE_KEYS)
-        count(_METRIC_OF[outcome])
-        results.append({"messageId": record.message_id, "outcome": outcome,
-                        "ms": round((time.monotonic() - t0) * 1000, 1)})
+    try:
+        _work_records(records, results, batch, halted, deletions, db=db, queue=queue, dlq=dlq,
+                      max_receive_count=max_receive_count, remaining_ms=remaining_ms,
+                      reserve_ms=reserve_ms, backoff=backoff)
+    finally:
+        deletions.flush()
 
     elapsed_ms = (time.monotonic() - started) * 1000
     metrics.add_metric(name="worker_ms", unit=MetricUnit.Milliseconds, value=elapsed_ms)
@@ -131,8 +153,37 @@ def work(
     }
 
 
-def _handle(record: SQSRecord, batch: _BatchState, *, db: Database, queue: Queue, dlq: Queue,
-            max_receive_count: int, backoff: Backoff) -> tuple[str, int]:
+def _work_records(records: list[SQSRecord], results: list[dict[str, Any]], batch: _BatchState,
+                  halted: dict[str, int], deletions: _Deletions, *, db: Database, queue: Queue, dlq: Queue,
+                  max_receive_count: int, remaining_ms: Callable[[], float], reserve_ms: float,
+                  backoff: Backoff) -> None:
+    for index, record in enumerate(records):
+        if remaining_ms() < reserve_ms:
+            deletions.flush()  # finished messages first, while there is still time for it
+            results += _release(queue, records[index:])
+            break
+        t0 = time.monotonic()
+        group = record.attributes.message_group_id or ""
+        logger.append_keys(message_id=record.message_id, group=group)
+        try:
+            if group in halted:
+                # An earlier item of this group is waiting: applying this one now would break order.
+                _push_out(queue, record, halted[group], deletions)
+                outcome = RETRY
+            else:
+                outcome, delay = _handle(record, batch, deletions, db=db, queue=queue, dlq=dlq,
+                                         max_receive_count=max_receive_count, backoff=backoff)
+                if outcome == RETRY:
+                    halted[group] = delay
+        finally:
+            logger.remove_keys(_MESSAGE_KEYS)
+        count(_METRIC_OF[outcome])
+        results.append({"messageId": record.message_id, "outcome": outcome,
+                        "ms": round((time.monotonic() - t0) * 1000, 1)})
+
+
+def _handle(record: SQSRecord, batch: _BatchState, deletions: _Deletions, *, db: Database, queue: Queue,
+            dlq: Queue, max_receive_count: int, backoff: Backoff) -> tuple[str, int]:
     """One message end to end. Returns (outcome, visibility delay when the outcome is retry)."""
     receive_count = int(record.attributes.approximate_receive_count or 1)
     source_dedup = record.attributes.message_deduplication_id or ""
@@ -142,22 +193,23 @@ def _handle(record: SQSRecord, batch: _BatchState, *, db: Database, queue: Queue
         reason = str(exc)
         logger.warning("permanent failure: dead-lettering",
                        extra={"error_type": exc.error_type, "reason": reason})
-        return _dead_letter(record, dlq, queue, exc.error_type, reason, receive_count, source_dedup, backoff)
+        return _dead_letter(record, dlq, queue, deletions, exc.error_type, reason, receive_count,
+                            source_dedup, backoff)
     except Exception as exc:  # transient: the database, or a bug a deploy may fix
         reason = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, TransientDbError):
             logger.exception("unexpected error applying message; treated as transient")
         if receive_count >= max_receive_count:
             # SQS would move it to the DLQ on the next receive, without a reason; do it ourselves, with one.
-            return _dead_letter(record, dlq, queue, "retries_exhausted",
+            return _dead_letter(record, dlq, queue, deletions, "retries_exhausted",
                                 f"still failing after {receive_count} receives: {reason}",
                                 receive_count, source_dedup, backoff)
         delay = backoff.seconds(receive_count)
         logger.warning("transient failure: retrying later", extra={"reason": reason, "retry_in_s": delay,
                                                                     "receive_count": receive_count})
-        _push_out(queue, record, delay)
+        _push_out(queue, record, delay, deletions)
         return RETRY, delay
-    _delete(queue, record)
+    deletions.add(record.receipt_handle)  # committed: now it may go
     return outcome, 0
 
 
@@ -202,8 +254,8 @@ def _apply(record: SQSRecord, batch: _BatchState, db: Database, receive_count: i
     return DONE
 
 
-def _dead_letter(record: SQSRecord, dlq: Queue, queue: Queue, error_type: str, reason: str,
-                 receive_count: int, source_dedup: str, backoff: Backoff) -> tuple[str, int]:
+def _dead_letter(record: SQSRecord, dlq: Queue, queue: Queue, deletions: _Deletions, error_type: str,
+                 reason: str, receive_count: int, source_dedup: str, backoff: Backoff) -> tuple[str, int]:
     group = record.attributes.message_group_id or "sluice-dead-letters"
     attributes = {
         "sluice_error": reason[:MAX_REASON_CHARS],
@@ -226,21 +278,16 @@ def _dead_letter(record: SQSRecord, dlq: Queue, queue: Queue, error_type: str, r
         # Not in the DLQ yet, so it must not leave the source: retry it like a transient failure.
         logger.exception("could not send to the DLQ; message stays in the queue")
         delay = backoff.seconds(receive_count)
-        _push_out(queue, record, delay)
+        _push_out(queue, record, delay, deletions)
         return RETRY, delay
-    _delete(queue, record)
+    deletions.add(record.receipt_handle)  # in the DLQ: now it may leave the source
     return DEAD_LETTERED, 0
 
 
-def _delete(queue: Queue, record: SQSRecord) -> None:
-    try:
-        queue.delete(record.receipt_handle)
-    except AwsError:
-        # The effect (or dead letter) is safe; a redelivery is recognised by the ledger / DLQ dedup id.
-        logger.exception("could not delete the message; a redelivery will be recognised")
-
-
-def _push_out(queue: Queue, record: SQSRecord, seconds: int) -> None:
+def _push_out(queue: Queue, record: SQSRecord, seconds: int, deletions: _Deletions) -> None:
+    # Finished messages are deleted before a group is held back, so what is left in flight
+    # while it waits is only what still has to run.
+    deletions.flush()
     try:
         queue.change_visibility(record.receipt_handle, seconds)
     except AwsError:

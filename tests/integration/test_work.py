@@ -301,3 +301,99 @@ def test_the_database_error_type_is_kept_for_unreachable_servers(unreachable_db:
     # GIVEN a database nobody listens for / WHEN a transaction starts / THEN the error says so, classified
     with pytest.raises(DbUnavailableError, match="cannot connect"), unreachable_db.transaction():
         pass
+
+
+class DeleteCalls:
+    """Every delete the worker's SQS client makes, and whether each deleted message's ledger row
+    was already committed at that moment (read from a connection of its own)."""
+
+    def __init__(self, observer: Database, dedup_of: dict[str, str]) -> None:
+        self.observer = observer
+        self.dedup_of = dedup_of  # receipt handle -> dedup id
+        self.batches: list[int] = []
+        self.singles = 0
+        self.uncommitted: list[str] = []
+
+    def _check(self, handles: list[str]) -> None:
+        self.uncommitted += [h for h in handles if not self.observer.is_processed(self.dedup_of[h])]
+
+    def on_batch(self, params: dict[str, Any], **_: Any) -> None:
+        handles = [e["ReceiptHandle"] for e in params["Entries"]]
+        self.batches.append(len(handles))
+        self._check([h for h in handles if h in self.dedup_of])
+
+    def on_single(self, params: dict[str, Any], **_: Any) -> None:
+        self.singles += 1
+        self._check([params["ReceiptHandle"]])
+
+
+@pytest.fixture
+def delete_calls(fifo_queues: FifoQueues, database_url: str) -> Iterator[DeleteCalls]:
+    from sluice.aws import client
+
+    observer = Database(url=database_url, read_timeout=3)
+    calls = DeleteCalls(observer, {})
+    events = client("sqs").meta.events
+    events.register("provide-client-params.sqs.DeleteMessageBatch", calls.on_batch, unique_id="t-del-batch")
+    events.register("provide-client-params.sqs.DeleteMessage", calls.on_single, unique_id="t-del-one")
+    yield calls
+    events.unregister("provide-client-params.sqs.DeleteMessageBatch", unique_id="t-del-batch")
+    events.unregister("provide-client-params.sqs.DeleteMessage", unique_id="t-del-one")
+    observer.close()
+
+
+def send_spread(queues: FifoQueues, n: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """n invoices in n groups, received as one event; returns it and receipt handle -> dedup id."""
+    tag = uuid.uuid4().hex[:8]
+    dedup_by_message: dict[str, str] = {}
+    for i in range(n):
+        envelope = send(queues, f"INV-{tag}-{i}", invoice(amount_cents=100 + i), group=f"g{tag}{i}")
+        dedup_by_message[envelope.key] = envelope.dedup_id
+    event = receive_event(queues, n)
+    dedup_of = {}
+    for record in event["Records"]:
+        key = Envelope.from_body(record["body"]).key
+        dedup_of[record["receiptHandle"]] = dedup_by_message[key]
+    return event, dedup_of
+
+
+def test_deletes_go_in_tens_and_only_after_each_commit(fifo_queues: FifoQueues, db: Database,
+                                                       delete_calls: DeleteCalls) -> None:
+    # GIVEN 25 invoices received as one worker batch
+    event, dedup_of = send_spread(fifo_queues, 25)
+    delete_calls.dedup_of.update(dedup_of)
+    # WHEN the worker applies them
+    result = run(event, fifo_queues, db)
+    # THEN all are done, deleted in 3 DeleteMessageBatch calls (10 + 10 + 5) and no single deletes,
+    # every message's ledger row was committed before its delete, and the queue is empty
+    assert outcomes(result) == ["done"] * 25
+    assert delete_calls.batches == [10, 10, 5] and delete_calls.singles == 0
+    assert delete_calls.uncommitted == []
+    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+
+
+def test_entries_the_delete_batch_refuses_are_retried_alone(fifo_queues: FifoQueues, db: Database,
+                                                           delete_calls: DeleteCalls) -> None:
+    # GIVEN 4 invoices, and an SQS that refuses entry 1 of every DeleteMessageBatch (its receipt
+    # handle garbled on the way) while single deletes go through
+    from sluice.aws import client
+
+    event, dedup_of = send_spread(fifo_queues, 4)
+    delete_calls.dedup_of.update(dedup_of)
+
+    def garble(params: dict[str, Any], **_: Any) -> None:
+        params["Entries"][1]["ReceiptHandle"] = "garbled-" + uuid.uuid4().hex
+
+    events = client("sqs").meta.events
+    events.register("provide-client-params.sqs.DeleteMessageBatch", garble, unique_id="t-garble")
+    try:
+        # WHEN the worker applies them
+        result = run(event, fifo_queues, db)
+    finally:
+        events.unregister("provide-client-params.sqs.DeleteMessageBatch", unique_id="t-garble")
+    # THEN the outcomes stay done (the ledger has them), the refused one was deleted on its own
+    # after its commit, and nothing is left in the queue
+    assert outcomes(result) == ["done"] * 4
+    assert delete_calls.batches == [4] and delete_calls.singles == 1
+    assert delete_calls.uncommitted == []
+    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
