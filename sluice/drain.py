@@ -4,7 +4,9 @@ While the time left exceeds the predicted duration of one more worker batch plus
 margin, receive messages, pack them into worker batches (all of one group's messages in ONE
 batch, in order; several groups may share a batch up to ``worker.batch_size``), and invoke
 workers synchronously from a pool of this consumer's slots, never faster than its share of
-``drain.max_rate``. Stop early when the queue is empty.
+``drain.max_rate``. Stop early when the queue is empty. What one receive brings is spread
+over the FREE slots (about received / free per worker, never above ``batch_size``), so a
+receive of ten messages from ten groups keeps four workers busy instead of one.
 
 Why group messages are never split: SQS FIFO hands out no further message of a group while
 one is in flight, so every message of a group this consumer holds arrived in one receive,
@@ -59,23 +61,40 @@ class DrainReport:
         return asdict(self)
 
 
-def pack_batches(messages: Sequence[ReceivedMessage], batch_size: int) -> list[list[ReceivedMessage]]:
-    """Runs of one group stay together and in order; runs are packed first-fit into batches.
-
-    A run longer than ``batch_size`` (possible only if a caller received more than that at
-    once) becomes a batch of its own rather than being split across parallel workers."""
-    runs: dict[str, list[ReceivedMessage]] = {}
-    for message in messages:
-        runs.setdefault(message.group_id, []).append(message)
+def _first_fit(runs: Sequence[list[ReceivedMessage]], size: int) -> list[list[ReceivedMessage]]:
     batches: list[list[ReceivedMessage]] = []
-    for run in runs.values():
+    for run in runs:
         for batch in batches:
-            if len(batch) + len(run) <= batch_size:
+            if len(batch) + len(run) <= size:
                 batch.extend(run)
                 break
         else:
             batches.append(list(run))
     return batches
+
+
+def pack_batches(
+    messages: Sequence[ReceivedMessage], batch_size: int, free_slots: int | None = None
+) -> list[list[ReceivedMessage]]:
+    """Runs of one group stay together and in order; runs are packed first-fit into batches.
+
+    With ``free_slots``, what was received is spread over the free worker slots instead of
+    filling one worker while the others sit idle: the target size starts at
+    ceil(messages / free_slots) and grows (never above ``batch_size``) only until the batches
+    fit the free slots. A run longer than the target (or than ``batch_size``, possible only if
+    a caller received more than that at once) becomes a batch of its own rather than being
+    split across parallel workers."""
+    runs: dict[str, list[ReceivedMessage]] = {}
+    for message in messages:
+        runs.setdefault(message.group_id, []).append(message)
+    if not free_slots or free_slots < 1 or not messages:
+        return _first_fit(list(runs.values()), batch_size)
+    target = min(batch_size, max(1, -(-len(messages) // free_slots)))
+    while True:
+        batches = _first_fit(list(runs.values()), target)
+        if len(batches) <= free_slots or target >= batch_size:
+            return batches
+        target += 1
 
 
 @dataclass(frozen=True)
@@ -202,7 +221,9 @@ class Drainer:
                         self._wait_any(in_flight, None)
                         continue
                 if short or len(pending) >= self.batch_size:
-                    for batch in pack_batches(pending, self.batch_size)[:free]:
+                    # Spread over every free slot: fauxqs (and SQS under load) hands out few
+                    # messages per group, so one full batch would leave the other slots idle.
+                    for batch in pack_batches(pending, self.batch_size, free)[:free]:
                         if not self._time_for():
                             break
                         wait = self.bucket.reserve(len(batch))

@@ -182,3 +182,16 @@ def test_dispatch_rate_is_capped(fifo_queues: Any) -> None:
     # THEN the 20 messages past the burst took at least 20/40 s
     assert report.succeeded == 30
     assert elapsed >= 0.45
+
+
+def test_a_receive_is_spread_over_every_free_slot(fifo_queues: Any) -> None:
+    # GIVEN 8 groups of 1 item (one receive takes them all) and a worker busy 0.3 s per batch
+    fill(fifo_queues, groups=8, per_group=1)
+    worker = WorkerStandIn(fifo_queues.sqs, work_s=0.3)
+    # WHEN drained with 4 slots and batches of up to 10
+    report = drainer(fifo_queues, worker, slots=4, batch_size=10).run()
+    # THEN the 8 messages went to 4 workers running at once (2 each), not to one worker with 8
+    assert report.succeeded == 8
+    assert sorted(len(b) for b in worker.batches) == [2, 2, 2, 2]
+    assert worker.peak == 4 and report.peak_parallel == 4
+    assert counts(fifo_queues) == (0, 0)
