@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-DEFAULT_OPERATIONS = ("SendMessageBatch", "ReceiveMessage", "DeleteMessage")
+# The calls on sluice's path: enqueue, receive, and delete (one at a time or in batches).
+DEFAULT_OPERATIONS = ("SendMessageBatch", "ReceiveMessage", "DeleteMessage", "DeleteMessageBatch")
 
 # (HTTP status, error code, sender fault): what SQS answers when it is unwell or throttling.
 FAULTS: dict[str, tuple[int, str, bool]] = {
@@ -56,10 +57,14 @@ class FaultPlan:
     kinds: tuple[str, ...] = ("server_error", "unavailable", "throttle")
     # Share of injected faults that happen after the call reached the server (effect done, reply lost).
     after_forward_share: float = 0.5
+    # > 0: instead of ``rate``, fail every Nth call of each operation (deterministic, for small runs).
+    every: int = 0
 
     def validate(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
             raise FaultProxyError(f"fault rate {self.rate} must be within 0..1")
+        if self.every < 0:
+            raise FaultProxyError(f"every={self.every} must be 0 (use rate) or a positive call count")
         if not 0.0 <= self.after_forward_share <= 1.0:
             raise FaultProxyError(f"after_forward_share {self.after_forward_share} must be within 0..1")
         unknown = [k for k in self.kinds if k not in FAULTS]
@@ -107,6 +112,7 @@ class SqsFaultProxy:
         self._lock = threading.Lock()
         # "<Operation>:forwarded", "<Operation>:<kind>:before", "<Operation>:<kind>:after"
         self.counts: Counter[str] = Counter()
+        self._calls: Counter[str] = Counter()  # matching calls seen, per operation
         self._local = threading.local()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -132,7 +138,13 @@ class SqsFaultProxy:
         """None = forward cleanly; else (fault kind, inject after forwarding?)."""
         with self._lock:
             plan = self.plan
-            if operation not in plan.operations or self._random.random() >= plan.rate:
+            if operation not in plan.operations:
+                return None
+            self._calls[operation] += 1
+            if plan.every:
+                if self._calls[operation] % plan.every:
+                    return None
+            elif self._random.random() >= plan.rate:
                 return None
             return self._random.choice(plan.kinds), self._random.random() < plan.after_forward_share
 

@@ -54,7 +54,7 @@ class ChaosPayload(BaseModel):
     slow_receives: int = Field(0, ge=0)
 
 
-_pause_after_commit: set[str] = set()  # message ids whose delete should wait
+_pause_after_commit: set[str] = set()  # keys of committed items whose delete should wait
 
 
 def _reach(key: str, point: str) -> None:
@@ -81,19 +81,33 @@ def apply_chaos(tx: Transaction, payload: ChaosPayload, item: WorkItem) -> None:
     if payload.pause == "before_commit" and item.receive_count == 1:
         _reach(item.key, "before_commit")
     if payload.pause == "after_commit" and item.receive_count == 1:
-        _pause_after_commit.add(item.message_id)
+        _pause_after_commit.add(item.key)
 
 
-_original_delete = work._delete
-
-
-def _delete_after_pause(queue: Any, record: Any) -> None:
-    if record.message_id in _pause_after_commit:
-        _pause_after_commit.discard(record.message_id)
-        key = work.Envelope.from_body(record.body).key
+def _pause_if_asked() -> None:
+    if _pause_after_commit:
+        key = _pause_after_commit.pop()
+        _pause_after_commit.clear()
         _reach(key, "after_commit")
-    _original_delete(queue, record)
 
 
-# The worker looks _delete up at call time, so this hook sits exactly between commit and delete.
-work._delete = _delete_after_pause
+# The hook sits exactly between commit and delete. The worker deletes either one message at a
+# time (``_delete``) or in batches of handles of committed messages (``_Deletions.flush``); both
+# are looked up at call time, so wrapping them here is enough.
+if hasattr(work, "_Deletions"):
+    _original_flush = work._Deletions.flush
+
+    def _flush_after_pause(self: Any) -> None:
+        if self.handles:
+            _pause_if_asked()
+        _original_flush(self)
+
+    work._Deletions.flush = _flush_after_pause  # type: ignore[method-assign]
+else:
+    _original_delete = work._delete  # type: ignore[attr-defined]
+
+    def _delete_after_pause(queue: Any, record: Any) -> None:
+        _pause_if_asked()
+        _original_delete(queue, record)
+
+    work._delete = _delete_after_pause  # type: ignore[attr-defined]

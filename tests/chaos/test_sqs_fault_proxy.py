@@ -108,6 +108,23 @@ def test_botocore_retries_ride_through_a_moderate_rate(proxy: SqsFaultProxy, que
     assert depth(queues) == 100
 
 
+def test_every_nth_call_fails(proxy: SqsFaultProxy, queues: ChaosQueues) -> None:
+    # GIVEN every 3rd SendMessageBatch fails before reaching the server
+    proxy.set_plan(FaultPlan(every=3, operations=("SendMessageBatch",), after_forward_share=0.0))
+    sqs = sqs_via(proxy.url)
+    outcomes = []
+    # WHEN six batches are sent without retries
+    for n in range(6):
+        try:
+            sqs.send_message_batch(QueueUrl=queues.url, Entries=entries(1, prefix=f"e{n}-"))  # type: ignore[attr-defined]
+            outcomes.append("ok")
+        except ClientError:
+            outcomes.append("failed")
+    # THEN exactly the 3rd and 6th failed
+    assert outcomes == ["ok", "ok", "failed", "ok", "ok", "failed"]
+    assert depth(queues) == 4
+
+
 def test_bad_plans_are_refused(moto_endpoint: str) -> None:
     # GIVEN / WHEN / THEN impossible settings fail with a reason, before anything listens
     with pytest.raises(FaultProxyError, match="within 0..1"):
