@@ -57,7 +57,7 @@ $(BENCHSTAMP): $(PYSTAMP)
 # Every chaos scenario at full size plus 10,000 fuzzed enqueue requests; prints the scenario table.
 chaos: setup
 	SLUICE_CHAOS_FULL=1 SLUICE_FUZZ_EXAMPLES=10000 $(PY) -m pytest -p no:cacheprovider \
-		tests/chaos tests/functional/test_fuzz_enqueue.py $(PYTEST_ARGS)
+		tests/chaos tests/functional/test_fuzz_enqueue.py tests/functional/test_fuzz_enqueue_http.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf .serverless .sluice .pytest_cache .mypy_cache .ruff_cache bench/results/*.json bench/results/*.png
