@@ -182,23 +182,42 @@ class Drainer:
         in_flight: dict[Future[_Outcome], list[ReceivedMessage]] = {}
         backoff_s = 0.0
         backoff_until = 0.0
+        slot_limit = self.slots  # lowered after a 429, raised again as workers succeed
         pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="sluice-worker-slot")
         try:
             arn = self._queue_arn if self._queue_arn is not None else self.queue.arn
             while True:
                 for future in [f for f in in_flight if f.done()]:
-                    backoff_s = self._settle(future.result(), in_flight.pop(future), report, backoff_s)
-                    if backoff_s:
+                    batch, outcome = in_flight.pop(future), future.result()
+                    if outcome.kind == "throttled":
+                        # Hold the batch and retry it after a backoff, with fewer slots: a release
+                        # would cost each message one receive, and enough of those make SQS move
+                        # valid items to the DLQ with no reason. What is still held when the budget
+                        # ends is released by the finally block below.
+                        report.throttled += 1
+                        report.dispatched -= len(batch)
+                        report.worker_batches -= 1
+                        pending[:0] = batch
+                        slot_limit = max(1, len(in_flight))
+                        backoff_s = min(self.max_throttle_backoff_s, max(self.throttle_backoff_s, backoff_s * 2))
                         backoff_until = self._clock() + backoff_s
+                        logger.warning("worker throttled; holding its batch for a retry",
+                                       extra={"messages": len(batch), "backoff_s": backoff_s,
+                                              "slots": slot_limit})
+                        continue
+                    backoff_s = self._settle(outcome, batch, report, backoff_s)
+                    slot_limit = min(self.slots, slot_limit + 1)
                 if not self._time_for():
                     report.stopped_because = "budget"
                     break
                 now = self._clock()
                 if now < backoff_until:
-                    self._wait_any(in_flight, backoff_until - now)
+                    # Never back off past the budget: the loop must still stop in time.
+                    spare_s = (self.remaining_ms() - self.budget.predict_ms() - self.safety_margin_ms) / 1000
+                    self._wait_any(in_flight, max(0.0, min(backoff_until - now, spare_s)))
                     continue
-                free = self.slots - len(in_flight)
-                if free == 0:
+                free = slot_limit - len(in_flight)
+                if free <= 0:
                     self._wait_any(in_flight, None)
                     continue
                 room = self.batch_size * free - len(pending)

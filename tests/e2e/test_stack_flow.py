@@ -28,9 +28,9 @@ def small_settings() -> Settings:
     so the consumer meets 429s, and a short worker timeout so a slow item times out quickly."""
     base = load_settings("local")
     return base.model_copy(update={
-        # Every 429 release costs a message one receive (as on SQS), so the count is generous here:
-        # this suite checks the throttle path, not the redrive threshold.
-        "queue": base.queue.model_copy(update={"visibility_s": 12, "max_receive_count": 10}),
+        # A low redrive threshold: a 429 must not cost a receive (the consumer holds and retries
+        # the batch), or valid items would reach the DLQ here without a reason.
+        "queue": base.queue.model_copy(update={"visibility_s": 12, "max_receive_count": 3}),
         "drain": base.drain.model_copy(update={"timeout_s": 10, "safety_margin_ms": 1000, "max_parallel": 4}),
         # A worker keeps ~3 s in reserve to hand a batch back, so 6 s leaves it 3 s of work.
         "worker": base.worker.model_copy(update={"timeout_s": 6, "batch_size": 2, "reserved_concurrency": 2}),

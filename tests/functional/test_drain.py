@@ -41,6 +41,7 @@ class WorkerStandIn:
         self.peak = 0
         self.applied: dict[str, list[str]] = defaultdict(list)  # group -> keys in applied order
         self.batches: list[list[str]] = []
+        self.receive_counts: list[int] = []
 
     def invoke(self, FunctionName: str, InvocationType: str, Payload: bytes) -> dict[str, Any]:  # noqa: N803
         event = json.loads(Payload)
@@ -65,6 +66,7 @@ class WorkerStandIn:
                 envelope = Envelope.from_body(record["body"])
                 with self.lock:
                     self.applied[record["attributes"]["MessageGroupId"]].append(envelope.key)
+                    self.receive_counts.append(int(record["attributes"]["ApproximateReceiveCount"]))
                 self.sqs.delete_message(QueueUrl=event["queueUrl"], ReceiptHandle=record["receiptHandle"])
                 results.append({"messageId": record["messageId"], "outcome": "done", "ms": 1})
             body = {"batchItemFailures": [], "results": results}
@@ -122,18 +124,36 @@ def test_drains_everything_in_group_order_within_the_cap(fifo_queues: Any) -> No
     assert report.used_ms < report.budget_ms
 
 
-def test_throttled_invokes_release_their_messages_and_back_off(fifo_queues: Any) -> None:
+def test_throttled_invokes_are_held_and_retried_without_costing_a_receive(fifo_queues: Any) -> None:
     # GIVEN a worker that is throttled on its first 2 invokes
     fill(fifo_queues, groups=3, per_group=2)
     worker = WorkerStandIn(fifo_queues.sqs, throttle_first=2)
     # WHEN drained
     report = drainer(fifo_queues, worker, slots=1).run()
-    # THEN the throttled batches were released at once, received again and applied
+    # THEN the throttled batches were held, retried after a backoff and applied
     assert report.throttled == 2
-    assert report.released >= 2
     assert sum(len(keys) for keys in worker.applied.values()) == 6
-    assert report.succeeded == 6
+    assert report.succeeded == 6 and report.dispatched == 6
+    # AND nothing was released and received again: each message was received once, so
+    # throttling never walks a valid item towards maxReceiveCount and the DLQ
+    assert report.released == 0 and report.received == 6
+    assert worker.receive_counts == [1] * 6
     assert counts(fifo_queues) == (0, 0)
+
+
+def test_a_batch_still_throttled_when_the_budget_ends_is_released(fifo_queues: Any) -> None:
+    # GIVEN a worker that throttles every invoke
+    fill(fifo_queues, groups=2, per_group=1)
+    worker = WorkerStandIn(fifo_queues.sqs, throttle_first=10**6)
+    # WHEN a drain with a short budget runs
+    report = drainer(fifo_queues, worker, slots=1, budget_ms=2500,
+                     budget=BatchBudget(5000, prior_ms=100)).run()
+    # THEN it stopped on its budget, applied nothing, and released what it held at once
+    assert report.stopped_because == "budget" and report.throttled >= 1
+    assert worker.applied == {}
+    assert report.released == 2 and report.dispatched == 0
+    assert counts(fifo_queues) == (2, 0)
+    assert report.used_ms < report.budget_ms
 
 
 def test_function_error_leaves_messages_in_flight(fifo_queues: Any) -> None:
