@@ -106,6 +106,15 @@ class LocalStack:
 
     # -- names ---------------------------------------------------------------------------------
 
+    def function_definitions(self, environment: dict[str, str]) -> list[FunctionDefinition]:
+        """The functions this stack runs: the function table (the source serverless.yml agrees
+        with, see tests/infra) under their deployed names, each with ``environment``."""
+        return [
+            FunctionDefinition.from_spec(spec, name=self.function_name(key), environment=environment,
+                                         cwd=str(PROJECT_ROOT))
+            for key, spec in function_table(self.settings).items()
+        ]
+
     def function_name(self, key: str) -> str:
         return self.settings.function_name(key)
 
@@ -174,12 +183,7 @@ class LocalStack:
             **self.extra_function_env,
         }
         function_env.pop("AWS_SESSION_TOKEN", None)
-        definitions = [
-            FunctionDefinition.from_spec(spec, name=self.function_name(key), environment=function_env,
-                                         cwd=str(PROJECT_ROOT))
-            for key, spec in function_table(self.settings).items()
-        ]
-        self.lambdas = LambdaService(definitions, port=lambda_port, log_dir=self.logs_dir, region=self.region)
+        self.lambdas = LambdaService(self.function_definitions(function_env), port=lambda_port, log_dir=self.logs_dir, region=self.region)
         try:
             self.lambdas.start()
         except LambdaServiceError as exc:

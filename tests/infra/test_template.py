@@ -247,3 +247,25 @@ def test_lambda_requirements_equal_the_project_dependencies() -> None:
     listed = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
     # THEN they are the same pins
     assert sorted(listed) == sorted(declared)
+
+
+def test_the_local_stack_runs_what_the_template_deploys(packaged: Packaged) -> None:
+    # GIVEN the local stack built from the same settings (nothing started)
+    from sluice.local.stack import LocalStack
+
+    settings = packaged.settings
+    environment = settings.runtime_env(queue_url="q", dlq_url="d", worker_function=settings.function_name("worker"))
+    local = {d.name: d for d in LocalStack(settings).function_definitions(environment)}
+    deployed = {
+        v["Properties"]["FunctionName"]: v["Properties"]
+        for v in packaged.resources.values() if v["Type"] == "AWS::Lambda::Function"
+    }
+    # THEN both run the same functions, under the same names, handlers and limits
+    assert set(local) == set(deployed)
+    for name, definition in local.items():
+        props = deployed[name]
+        assert definition.handler == props["Handler"].replace("/", "."), name
+        assert (definition.timeout_s, definition.memory_mb) == (props["Timeout"], props["MemorySize"]), name
+        assert definition.reserved_concurrency == props.get("ReservedConcurrentExecutions"), name
+        # AND with the same environment variable names
+        assert set(definition.environment) == set(props["Environment"]["Variables"]), name
