@@ -328,6 +328,8 @@ class RuntimeConfig:
             max_body_bytes=number("SLUICE_ENQUEUER_MAX_BODY_BYTES", int, "1048576"),
         )
         if config.groups < 1 or config.max_parallel < 1 or config.consumers < 1 or not 1 <= config.batch_size <= 10:
-            raise SettingsError("SLUICE_QUEUE_GROUPS, SLUICE_DRAIN_MAX_PARALLEL and SLUICE_DRAIN_CONSUMERS must be >= 1 "
-                                "and SLUICE_WORKER_BATCH_SIZE within 1..10")
+            raise SettingsError(
+                "SLUICE_QUEUE_GROUPS, SLUICE_DRAIN_MAX_PARALLEL and SLUICE_DRAIN_CONSUMERS must be >= 1 "
+                "and SLUICE_WORKER_BATCH_SIZE within 1..10"
+            )
         return config

@@ -183,7 +183,8 @@ class LocalStack:
             **self.extra_function_env,
         }
         function_env.pop("AWS_SESSION_TOKEN", None)
-        self.lambdas = LambdaService(self.function_definitions(function_env), port=lambda_port, log_dir=self.logs_dir, region=self.region)
+        self.lambdas = LambdaService(self.function_definitions(function_env), port=lambda_port,
+                                     log_dir=self.logs_dir, region=self.region)
         try:
             self.lambdas.start()
         except LambdaServiceError as exc:
