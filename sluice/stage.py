@@ -22,22 +22,12 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 from sluice import aws
 from sluice.cli.common import EXIT_UNAVAILABLE, CliError
 from sluice.functions import function_table
+from sluice.local.env import ENDPOINT_ENV_KEYS
 from sluice.settings import Settings, load_settings
 
 LOCAL_STAGE = "local"
 # Lets a test (or a second stack) point the CLI at another local.env than the project's.
 LOCAL_ENV_FILE_VAR = "SLUICE_LOCAL_ENV_FILE"
-
-# The keys of local.env that boto3 and sluice read from the environment.
-_EXPORTED_KEYS = (
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_SQS",
-    "AWS_ENDPOINT_URL_LAMBDA",
-    "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-    "AWS_DEFAULT_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-)
 
 
 @dataclass(frozen=True)
@@ -113,7 +103,7 @@ def _resolve_local(settings: Settings) -> StageContext:
         raise CliError(f"local.env lacks {', '.join(missing)}: restart the stack with `sluice local up`",
                        EXIT_UNAVAILABLE)
     # boto3 reads the per-service endpoints by itself; clients made before this would not see them.
-    for key in _EXPORTED_KEYS:
+    for key in ENDPOINT_ENV_KEYS:
         if env.get(key):
             os.environ[key] = env[key]
     os.environ.setdefault("AWS_DEFAULT_REGION", settings.region)

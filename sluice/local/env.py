@@ -17,8 +17,9 @@ from sluice.settings import PROJECT_ROOT
 LOCAL_DIR = PROJECT_ROOT / ".sluice"
 LOCAL_ENV = LOCAL_DIR / "local.env"
 
-# Every key the stack writes, in the order it writes them.
-LOCAL_ENV_KEYS: tuple[str, ...] = (
+# The keys of local.env that boto3 reads from the environment: exported, they point every
+# client of a process at the local servers.
+ENDPOINT_ENV_KEYS: tuple[str, ...] = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_SQS",
     "AWS_ENDPOINT_URL_LAMBDA",
@@ -26,6 +27,11 @@ LOCAL_ENV_KEYS: tuple[str, ...] = (
     "AWS_DEFAULT_REGION",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
+)
+
+# Every key the stack writes, in the order it writes them.
+LOCAL_ENV_KEYS: tuple[str, ...] = (
+    *ENDPOINT_ENV_KEYS,
     "SLUICE_API_URL",
     "DATABASE_URL",
     "SLUICE_QUEUE_URL",
