@@ -1,0 +1,191 @@
+"""`sluice local up` as a user runs it: a real subprocess, stopped with Ctrl-C (SIGINT), and
+refused with the port named when --api-port is taken. Each run keeps its state in a directory
+of its own and its data in a scratch database on the machine's MariaDB."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from sluice.settings import PROJECT_ROOT
+
+pytestmark = pytest.mark.e2e
+
+CLI = [sys.executable, "-c", "from sluice.cli import main; main()"]
+
+
+@pytest.fixture
+def scratch_database_url() -> Iterator[str]:
+    name = f"sluice_life_{uuid.uuid4().hex[:10]}"
+    yield f"mysql://root@127.0.0.1:3306/{name}"
+    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()
+
+
+def poll(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.1)
+
+
+def group_alive(pgid: int) -> bool:
+    """Is any process of this process group still running (zombies excluded)?"""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def read_env(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def function_pids(env: dict[str, str]) -> list[int]:
+    """Pids of the warm function processes, from the local Lambda service's stats."""
+    with urllib.request.urlopen(env["SLUICE_LAMBDA_STATS_URL"], timeout=5) as reply:
+        stats = json.loads(reply.read())
+    return [pid for function in stats.values() for pid in function["pids"]]
+
+
+def process_groups(local_dir: Path, env: dict[str, str]) -> list[int]:
+    """Every server (from the state file) and function process leads a process group of its own."""
+    state = json.loads((local_dir / "stack.json").read_text())
+    return [int(pid) for pid in state["children"].values()] + function_pids(env)
+
+
+def start_stack(local_dir: Path, database_url: str, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.Popen([*CLI, "local", "up", "--local-dir", str(local_dir), *extra], cwd=PROJECT_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_stops_the_foreground_stack_and_every_process_it_started(
+        tmp_path: Path, scratch_database_url: str) -> None:
+    # GIVEN `sluice local up` in the foreground, healthy (local.env names its pid)
+    local_dir = tmp_path / "stack"
+    proc = start_stack(local_dir, scratch_database_url)
+    env_file = local_dir / "local.env"
+    try:
+        poll(lambda: proc.poll() is not None or (
+            env_file.exists() and f"SLUICE_STACK_PID={proc.pid}\n" in env_file.read_text()), 60, "stack healthy")
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        env = read_env(env_file)
+        # AND function processes started: one POST warms the enqueuer; the schedule warms the consumer
+        body = json.dumps({"items": [{"task": "invoice.record", "key": f"LIFE-{uuid.uuid4().hex[:8]}",
+                                      "payload": {"customer": "acme", "amount_cents": 100, "currency": "EUR"}}]})
+        request = urllib.request.Request(env["SLUICE_API_URL"] + "/jobs", data=body.encode(), method="POST",
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            assert reply.status == 202
+
+        poll(lambda: len(function_pids(env)) >= 2, 20, "enqueuer and consumer processes running")
+        groups = process_groups(local_dir, env)
+        assert len(groups) >= 4 and all(group_alive(g) for g in groups)
+        # WHEN the user presses Ctrl-C
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        # THEN it exits cleanly, says so, and leaves no traceback, no state and no process behind
+        assert proc.returncode in (0, 130), stderr
+        assert "Traceback" not in stderr, stderr
+        assert not (local_dir / "stack.json").exists() and not env_file.exists()
+        poll(lambda: not any(group_alive(g) for g in groups), 10, f"process groups {groups} gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_ctrl_c_pressed_again_while_stopping_still_stops_everything(
+        tmp_path: Path, scratch_database_url: str) -> None:
+    # GIVEN a healthy foreground stack
+    local_dir = tmp_path / "stack"
+    proc = start_stack(local_dir, scratch_database_url)
+    env_file = local_dir / "local.env"
+    try:
+        poll(lambda: proc.poll() is not None or env_file.exists(), 60, "stack healthy")
+        assert proc.poll() is None, proc.communicate()
+        groups = process_groups(local_dir, read_env(env_file))
+        # WHEN the user keeps pressing Ctrl-C until it exits
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.02)  # the pace of a user's key presses, not a wait for a condition
+        _, stderr = proc.communicate(timeout=30)
+        # THEN the cleanup still ran to the end: clean exit, no traceback, no state, no process left
+        assert proc.returncode in (0, 130), stderr
+        assert "Traceback" not in stderr, stderr
+        assert not (local_dir / "stack.json").exists()
+        poll(lambda: not any(group_alive(g) for g in groups), 10, f"process groups {groups} gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_a_taken_api_port_fails_naming_the_port(tmp_path: Path, scratch_database_url: str) -> None:
+    # GIVEN a port on 127.0.0.1 something already listens on
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # WHEN `sluice local up --api-port` asks for it
+        proc = start_stack(tmp_path / "stack", scratch_database_url, "--api-port", str(port))
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    # THEN it exits non-zero with one clear line naming the port, and nothing is left running
+    assert proc.returncode != 0
+    assert f"port {port}" in stderr and "Traceback" not in stderr, stderr
+    assert not (tmp_path / "stack" / "stack.json").exists()
+
+
+def test_ctrl_c_on_the_demo_stops_the_stack_it_started(tmp_path: Path, scratch_database_url: str) -> None:
+    # GIVEN `sluice demo` running: its stack is up and its workers are busy with a burst
+    local_dir = tmp_path / "stack"
+    proc = subprocess.Popen([*CLI, "demo", "--items", "50", "--local-dir", str(local_dir), "--database-url",
+                             scratch_database_url], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        env_file = local_dir / "local.env"
+        poll(lambda: proc.poll() is not None or env_file.exists(), 60, "the demo's stack up")
+        assert proc.poll() is None, proc.communicate()
+        env = read_env(env_file)
+        poll(lambda: len(function_pids(env)) >= 2, 20, "function processes running")
+        groups = process_groups(local_dir, env)
+        # WHEN the user presses Ctrl-C
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+        # THEN it says it was interrupted, exits 130 without a traceback, and leaves nothing running
+        assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
+        assert "interrupted" in stdout and "Traceback" not in stderr + stdout, stderr
+        assert not (local_dir / "stack.json").exists()
+        poll(lambda: not any(group_alive(g) for g in groups), 10, f"process groups {groups} gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
