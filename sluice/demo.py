@@ -315,6 +315,14 @@ def _function_names(stage_settings: Any) -> tuple[str, str]:
     return stage_settings.function_name("worker"), stage_settings.function_name("consumer")
 
 
+def _interrupt_once(signum: int, frame: object) -> None:
+    # Only the first Ctrl-C or SIGTERM unwinds: another one while the stack is being stopped
+    # would cut that cleanup short and orphan its servers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(
     items: int = typer.Option(10_000, "--items", min=1, help="Distinct invoices in the burst."),
     cap: int = typer.Option(None, "--cap", min=1, help="Worker cap, default from config/local.yml."),
@@ -334,7 +342,8 @@ def main(
     from sluice.settings import SettingsError, load_settings
 
     # SIGTERM (e.g. from `make` being stopped) cleans up like Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt_once)
     directory = local_dir or LOCAL_DIR
     try:
         settings = load_settings("local")
@@ -381,6 +390,8 @@ def main(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(3) from None
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # nothing may cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if stack is not None:
             console.print("stopping the local stack ...")
             stack.stop()

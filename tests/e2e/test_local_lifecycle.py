@@ -177,8 +177,11 @@ def test_ctrl_c_on_the_demo_stops_the_stack_it_started(tmp_path: Path, scratch_d
         env = read_env(env_file)
         poll(lambda: len(function_pids(env)) >= 2, 20, "function processes running")
         groups = process_groups(local_dir, env)
-        # WHEN the user presses Ctrl-C
-        proc.send_signal(signal.SIGINT)
+        # WHEN the user presses Ctrl-C, and again while it stops
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.02)  # the pace of a user's key presses, not a wait for a condition
         stdout, stderr = proc.communicate(timeout=30)
         # THEN it says it was interrupted, exits 130 without a traceback, and leaves nothing running
         assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
