@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qsl, urlsplit
 
 from sluice.aws import AwsError, InvokeResult, ThrottledError
@@ -113,6 +113,53 @@ def _bad_gateway() -> tuple[int, dict[str, str], bytes]:
     return 502, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}'
 
 
+class BodyTooLargeError(Exception):
+    """A chunked body grew past the limit."""
+
+
+class BadChunkedBodyError(ValueError):
+    """A chunked body that does not follow HTTP/1.1's chunked coding."""
+
+
+# Bounds on the framing lines, so a client cannot make the server buffer an endless size line.
+_MAX_CHUNK_LINE = 4096
+_MAX_TRAILER_LINES = 100
+
+
+def _chunk_line(stream: BinaryIO) -> bytes:
+    line = stream.readline(_MAX_CHUNK_LINE + 1)
+    if not line.endswith(b"\n"):
+        raise BadChunkedBodyError("truncated or overlong chunk line" if line else "body ended early")
+    return line.rstrip(b"\r\n")
+
+
+def read_chunked(stream: BinaryIO, limit: int) -> bytes:
+    """The body of a ``Transfer-Encoding: chunked`` request (RFC 9112 section 7.1); trailers are
+    read and dropped. Raises BodyTooLargeError as soon as the body passes ``limit`` bytes."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        size_text = _chunk_line(stream).split(b";", 1)[0].strip()
+        if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+            raise BadChunkedBodyError(f"chunk size {size_text[:20]!r} is not hexadecimal")
+        size = int(size_text, 16)
+        if size == 0:
+            break
+        total += size
+        if total > limit:
+            raise BodyTooLargeError()
+        data = stream.read(size)
+        if len(data) != size:
+            raise BadChunkedBodyError("body ended inside a chunk")
+        parts.append(data)
+        if _chunk_line(stream) != b"":
+            raise BadChunkedBodyError("chunk data longer than its size")
+    for _ in range(_MAX_TRAILER_LINES):
+        if _chunk_line(stream) == b"":
+            return b"".join(parts)
+    raise BadChunkedBodyError("too many trailer lines")
+
+
 class HttpApi:
     """A threaded HTTP server on 127.0.0.1 in front of the enqueuer function."""
 
@@ -180,16 +227,25 @@ class _ApiHandler(BaseHTTPRequestHandler):
             self._reply(400, {"content-type": "application/json"}, b'{"message":"Bad Content-Length"}')
             return
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            # API Gateway accepts chunked bodies; this server keeps it simple and says so.
-            self.close_connection = True
-            self._reply(411, {"content-type": "application/json"},
-                        b'{"message":"Length Required: send a Content-Length"}')
-            return
-        if length > MAX_BODY_BYTES:
+            # API Gateway accepts chunked bodies (curl sends one for `-T -` or `-H 'Transfer-Encoding:
+            # chunked'`), bounded by the same 10 MB.
+            try:
+                body = read_chunked(self.rfile, MAX_BODY_BYTES)
+            except BodyTooLargeError:
+                self.close_connection = True  # the rest of the body is not read
+                self._reply(413, {"content-type": "application/json"}, b'{"message":"Request Entity Too Large"}')
+                return
+            except BadChunkedBodyError as exc:
+                self.close_connection = True
+                self._reply(400, {"content-type": "application/json"},
+                            json.dumps({"message": f"Bad chunked body: {exc}"}).encode())
+                return
+        elif length > MAX_BODY_BYTES:
             self._discard(length)
             self._reply(413, {"content-type": "application/json"}, b'{"message":"Request Entity Too Large"}')
             return
-        body = self.rfile.read(length) if length else b""
+        else:
+            body = self.rfile.read(length) if length else b""
         headers: dict[str, str] = {}
         for name, value in self.headers.items():
             key = name.lower()

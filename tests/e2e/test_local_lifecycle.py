@@ -1,9 +1,11 @@
-"""`sluice local up` as a user runs it: a real subprocess, stopped with Ctrl-C (SIGINT), and
-refused with the port named when --api-port is taken. Each run keeps its state in a directory
-of its own and its data in a scratch database on the machine's MariaDB."""
+"""The local stack at its edges, as a user meets them: `sluice local up` as a real subprocess,
+stopped with Ctrl-C (SIGINT), refused with the port named when --api-port is taken; and the
+HTTP API taking chunked request bodies as API Gateway does. Each run keeps its state in a
+directory of its own and its data in a scratch database on the machine's MariaDB."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -19,11 +21,14 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from sluice.local.http_api import MAX_BODY_BYTES, HttpApi, lambda_invoker
+from sluice.local.lambda_service import FunctionDefinition, LambdaService
 from sluice.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e
 
 CLI = [sys.executable, "-c", "from sluice.cli import main; main()"]
+HERE = Path(__file__).parent
 
 
 @pytest.fixture
@@ -192,3 +197,70 @@ def test_ctrl_c_on_the_demo_stops_the_stack_it_started(tmp_path: Path, scratch_d
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+@pytest.fixture(scope="module")
+def echo_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpApi]:
+    """The HTTP API in front of a real function process (tests/e2e/toy_api.py echoes its event)."""
+    service = LambdaService([FunctionDefinition(name="toy", handler="toy_api.handler", timeout_s=10,
+                                                cwd=str(HERE))], log_dir=tmp_path_factory.mktemp("logs"))
+    service.start()
+    api = HttpApi(lambda_invoker("toy", service.url, 10, "us-east-1"))
+    api.start()
+    yield api
+    api.stop()
+    service.stop()
+
+
+def post_chunked(api: HttpApi, chunks: list[bytes], raw: bytes | None = None) -> tuple[int, bytes]:
+    """POST /jobs with Transfer-Encoding: chunked; ``raw`` sends exactly those bytes as the body."""
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
+    try:
+        conn.putrequest("POST", "/jobs")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        if raw is not None:
+            conn.send(raw)
+        else:
+            for chunk in chunks:
+                conn.send(b"%x;ext=1\r\n%s\r\n" % (len(chunk), chunk))
+            conn.send(b"0\r\nX-Trailer: t\r\n\r\n")
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    except (BrokenPipeError, ConnectionResetError):
+        # The server answered early and hung up while the client was still sending.
+        reply = conn.getresponse()
+        return reply.status, reply.read()
+    finally:
+        conn.close()
+
+
+def test_http_api_accepts_a_chunked_body_as_api_gateway_does(echo_api: HttpApi) -> None:
+    # GIVEN a JSON body sent in three chunks, with a chunk extension and a trailer
+    body = json.dumps({"items": [{"task": "invoice.record", "key": "CHUNKED-1"}]}).encode()
+    chunks = [body[:7], body[7:20], body[20:]]
+    # WHEN it is POSTed with Transfer-Encoding: chunked
+    status, reply = post_chunked(echo_api, chunks)
+    # THEN the function got the whole body, reassembled, as a payload-v2.0 event
+    assert status == 201, reply
+    event = json.loads(reply)["event"]
+    assert event["body"] == body.decode() and event["isBase64Encoded"] is False
+
+
+def test_http_api_answers_a_chunked_body_over_10_mb_with_413(echo_api: HttpApi) -> None:
+    # GIVEN chunks adding up to just over API Gateway's 10 MB limit
+    chunks = [b"x" * (1 << 20)] * 10 + [b"x"]
+    # WHEN they are POSTed chunked THEN 413, and the API still serves the next request
+    status, _ = post_chunked(echo_api, chunks)
+    assert status == 413
+    assert post_chunked(echo_api, [b"{}"])[0] == 201
+    assert MAX_BODY_BYTES == 10 * (1 << 20)
+
+
+@pytest.mark.parametrize("raw", [b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcdef\r\n0\r\n\r\n"],
+                         ids=["size-not-hex", "chunk-longer-than-its-size"])
+def test_http_api_answers_a_malformed_chunked_body_with_400(echo_api: HttpApi, raw: bytes) -> None:
+    # WHEN a chunked body breaks the chunked coding THEN 400 with the reason, never a 5xx
+    status, reply = post_chunked(echo_api, [], raw=raw)
+    assert status == 400 and b"Bad chunked body" in reply
