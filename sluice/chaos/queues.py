@@ -9,6 +9,9 @@ from typing import Any
 
 import boto3
 
+from sluice.aws import Queue
+from sluice.ops.status import queue_counts
+
 
 @dataclass(frozen=True)
 class ChaosQueues:
@@ -18,10 +21,8 @@ class ChaosQueues:
 
     def depth(self, url: str | None = None) -> tuple[int, int]:
         """(visible, in flight) of the queue (or ``url``)."""
-        reply = self.sqs.get_queue_attributes(QueueUrl=url or self.url, AttributeNames=["All"])
-        attributes = reply["Attributes"]
-        return (int(attributes["ApproximateNumberOfMessages"]),
-                int(attributes["ApproximateNumberOfMessagesNotVisible"]))
+        counts = queue_counts(Queue(url or self.url, sqs=self.sqs))
+        return counts.visible, counts.in_flight
 
 
 def make_queues(endpoint: str, *, visibility_s: int = 30, max_receive_count: int = 5,

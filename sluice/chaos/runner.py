@@ -26,11 +26,14 @@ from typing import Any
 import boto3
 import pymysql
 
+from sluice.aws import Queue
 from sluice.chaos.sqs_fault_proxy import FaultPlan, SqsFaultProxy
 from sluice.chaos.tasks import EFFECTS_TABLE_SQL
 from sluice.local.fauxqs import FauxqsServer
 from sluice.local.mariadb import DatabaseUrl, PrivateMariaDB
+from sluice.local.processes import poll_until
 from sluice.local.stack import LocalStack
+from sluice.ops.status import queue_counts
 from sluice.settings import Settings
 
 MACHINE_DB = "mysql://root@127.0.0.1:3306/"
@@ -42,14 +45,7 @@ class ScenarioError(AssertionError):
 
 def wait_for(check: Callable[[], Any], timeout_s: float, what: str, poll_s: float = 0.1) -> Any:
     """Poll ``check`` until it returns something truthy; ScenarioError naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise ScenarioError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(poll_s)
+    return poll_until(check, timeout_s, what, poll_s=poll_s, error=ScenarioError)
 
 
 @dataclass
@@ -258,10 +254,9 @@ class ChaosRun:
 
     def depth(self) -> tuple[int, int]:
         assert self.stack is not None and self.stack.queues is not None
-        attributes = self._direct_sqs.get_queue_attributes(
-            QueueUrl=self.stack.queues.url, AttributeNames=["All"])["Attributes"]
-        return (int(attributes["ApproximateNumberOfMessages"]),
-                int(attributes["ApproximateNumberOfMessagesNotVisible"]))
+        # Straight from fauxqs, not through the fault proxy: the count must not meet a fault.
+        counts = queue_counts(Queue(self.stack.queues.url, sqs=self._direct_sqs))
+        return counts.visible, counts.in_flight
 
     def effects(self) -> int:
         with self.db() as conn, conn.cursor() as cur:

@@ -15,9 +15,11 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 LOOPBACK = "127.0.0.1"
+
+T = TypeVar("T")
 
 
 class LocalServiceError(RuntimeError):
@@ -70,6 +72,20 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str,
             raise LocalServiceError(f"{what} exited while starting")
         if time.monotonic() > deadline:
             raise LocalServiceError(f"{what} did not become ready within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def poll_until(check: Callable[[], T], timeout_s: float, what: str, *, poll_s: float = 0.25,
+               error: type[Exception] = LocalServiceError) -> T:
+    """Poll ``check`` until it returns something truthy and return that; at the deadline raise
+    ``error`` naming ``what`` and the last value seen (a test's AssertionError, a scenario's own)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {timeout_s:g} s waiting for {what} (last: {value!r})")
         time.sleep(poll_s)
 
 

@@ -9,29 +9,24 @@ and finds the stack through its local.env (SLUICE_LOCAL_ENV_FILE).
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import pymysql
 import pytest
 from typer.testing import CliRunner
 
 from sluice import aws
 from sluice.cli import app
+from sluice.local.env import ENDPOINT_ENV_KEYS
 from sluice.local.stack import LocalStack
 from sluice.settings import load_settings
 from sluice.stage import LOCAL_ENV_FILE_VAR
+from tests.helpers import drop_machine_database, eventually
+from tests.helpers import stack_sql as query
 
 pytestmark = pytest.mark.e2e
-
-T = TypeVar("T")
-_ENV_KEYS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_LAMBDA",
-             "AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
-             "AWS_SECRET_ACCESS_KEY")
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
@@ -48,16 +43,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     stack.start()
     yield stack
     stack.stop()
-    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    conn.close()
+    drop_machine_database(name)
 
 
 @pytest.fixture
 def cli(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, Any]]:
     """Run `sluice <args> --stage local --json` against the stack; the environment is restored after."""
-    for key in _ENV_KEYS:  # resolve_stage exports these; monkeypatch puts the old values back
+    for key in ENDPOINT_ENV_KEYS:  # resolve_stage exports these; monkeypatch puts the old values back
         monkeypatch.setenv(key, stack.env[key])
     monkeypatch.setenv(LOCAL_ENV_FILE_VAR, str(stack.local_dir / "local.env"))
 
@@ -69,30 +61,6 @@ def cli(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Callable[..., dic
 
     yield run
     aws.reset_clients()
-
-
-def query(stack: LocalStack, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    assert stack.database is not None
-    url = stack.database.url
-    conn = pymysql.connect(host="127.0.0.1", port=int(url.rsplit(":", 1)[1].split("/")[0]), user="root",
-                           database=url.rsplit("/", 1)[1], autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
-
-
-def eventually(check: Callable[[], T], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {value!r})")
-        time.sleep(0.25)
 
 
 def invoice_rows(stack: LocalStack, key: str) -> int:

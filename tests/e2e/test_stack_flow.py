@@ -4,23 +4,21 @@ POST over real HTTP, let the schedule drain, and check the database and the queu
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import boto3
-import pymysql
 import pytest
 
 from sluice.local.stack import LocalStack
 from sluice.settings import Settings, load_settings
+from tests.helpers import drop_machine_database, eventually
+from tests.helpers import stack_sql as query
 
 pytestmark = pytest.mark.e2e
-
-T = TypeVar("T")
 
 
 def small_settings() -> Settings:
@@ -51,10 +49,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     stack.start()
     yield stack
     stack.stop()
-    conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
-    with conn.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    conn.close()
+    drop_machine_database(name)
 
 
 def post(stack: LocalStack, body: Any) -> tuple[int, Any]:
@@ -65,31 +60,6 @@ def post(stack: LocalStack, body: Any) -> tuple[int, Any]:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def query(stack: LocalStack, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    assert stack.database is not None
-    url = stack.database.url
-    db = url.rsplit("/", 1)[1]
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
-    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", database=db)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
-
-
-def eventually(check: Callable[[], T], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {value!r})")
-        time.sleep(0.25)
 
 
 def diagnosis(stack: LocalStack) -> str:

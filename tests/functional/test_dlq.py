@@ -13,18 +13,18 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pymysql
 import pytest
 from typer.testing import CliRunner
 
 from sluice.aws import Queue
 from sluice.cli import app
-from sluice.db import Database, DbCredentials
+from sluice.db import Database
 from sluice.enqueue import Enqueuer
 from sluice.ops import dlq as dead_letters
 from sluice.stage import LOCAL_ENV_FILE_VAR
 from sluice.work import work
 from tests.conftest import FifoQueues
+from tests.helpers import sql
 
 pytestmark = pytest.mark.functional
 
@@ -51,18 +51,6 @@ def db(database_url: str) -> Iterator[Database]:
     database = Database(url=database_url)
     yield database
     database.close()
-
-
-def sql(database_url: str, statement: str, *args: object) -> list[tuple[object, ...]]:
-    creds = DbCredentials.from_url(database_url)
-    conn = pymysql.connect(host=creds.host, port=creds.port, user=creds.user, password=creds.password,
-                           database=creds.database, autocommit=True)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, args)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 @pytest.fixture

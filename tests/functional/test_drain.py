@@ -18,6 +18,7 @@ from sluice.budget import BatchBudget
 from sluice.drain import Drainer
 from sluice.enqueue import Enqueuer
 from sluice.envelope import Envelope
+from tests.helpers import depth
 
 pytestmark = pytest.mark.functional
 
@@ -84,13 +85,6 @@ def fill(fifo: Any, groups: int, per_group: int) -> list[str]:
     return [i["key"] for i in items]
 
 
-def counts(fifo: Any) -> tuple[int, int]:
-    attrs = fifo.sqs.get_queue_attributes(
-        QueueUrl=fifo.url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-
 def drainer(fifo: Any, worker: WorkerStandIn, *, budget_ms: float = 20_000, slots: int = 2,
             max_rate: float = 1000, batch_size: int = 10, **kw: Any) -> Drainer:
     deadline = time.monotonic() + budget_ms / 1000
@@ -120,7 +114,7 @@ def test_drains_everything_in_group_order_within_the_cap(fifo_queues: Any) -> No
     assert (report.received, report.dispatched, report.succeeded, report.released) == (35, 35, 35, 0)
     assert 1 <= worker.peak <= 2 and report.peak_parallel <= 2
     assert all(len(b) <= 4 for b in worker.batches)
-    assert counts(fifo_queues) == (0, 0)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
     assert report.used_ms < report.budget_ms
 
 
@@ -138,7 +132,7 @@ def test_throttled_invokes_are_held_and_retried_without_costing_a_receive(fifo_q
     # throttling never walks a valid item towards maxReceiveCount and the DLQ
     assert report.released == 0 and report.received == 6
     assert worker.receive_counts == [1] * 6
-    assert counts(fifo_queues) == (0, 0)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
 
 
 def test_a_batch_still_throttled_when_the_budget_ends_is_released(fifo_queues: Any) -> None:
@@ -152,7 +146,7 @@ def test_a_batch_still_throttled_when_the_budget_ends_is_released(fifo_queues: A
     assert report.stopped_because == "budget" and report.throttled >= 1
     assert worker.applied == {}
     assert report.released == 2 and report.dispatched == 0
-    assert counts(fifo_queues) == (2, 0)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (2, 0)
     assert report.used_ms < report.budget_ms
 
 
@@ -166,7 +160,7 @@ def test_function_error_leaves_messages_in_flight(fifo_queues: Any) -> None:
     # they stay in flight until their visibility timeout (then SQS redrives after maxReceiveCount)
     assert report.invoke_errors == 1
     assert report.released == 0 and report.succeeded == 0
-    assert counts(fifo_queues) == (0, 3)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 3)
     assert report.stopped_because == "queue_empty"
 
 
@@ -184,7 +178,7 @@ def test_stops_at_its_budget_holding_no_undispatched_message(fifo_queues: Any) -
     assert elapsed_ms < 1600
     assert report.used_ms <= report.budget_ms
     # AND what it did not dispatch is visible again now: nothing held, nothing lost
-    visible, in_flight = counts(fifo_queues)
+    visible, in_flight = depth(fifo_queues.sqs, fifo_queues.url)
     assert in_flight == 0
     assert visible + report.succeeded == 32
     assert 0 < report.succeeded < 32
@@ -214,4 +208,4 @@ def test_a_receive_is_spread_over_every_free_slot(fifo_queues: Any) -> None:
     assert report.succeeded == 8
     assert sorted(len(b) for b in worker.batches) == [2, 2, 2, 2]
     assert worker.peak == 4 and report.peak_parallel == 4
-    assert counts(fifo_queues) == (0, 0)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)

@@ -20,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from sluice.local.lambda_service import FunctionDefinition, LambdaService, LambdaServiceError
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.functional
 
@@ -43,13 +44,7 @@ FUNCTIONS = [
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)  # poll interval, not a wait for an outcome: the deadline bounds it
-    raise AssertionError(f"timed out waiting for {what}")
+    return eventually(check, timeout_s, what, poll_s=0.02)
 
 
 def pid_exists(pid: int) -> bool:

@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 
 from sluice.db import Database
 from tests.conftest import REGION, FifoQueues
+from tests.helpers import depth
 
 pytestmark = pytest.mark.integration
 
@@ -104,13 +105,6 @@ def http_event(body: str) -> dict[str, Any]:
     }
 
 
-def queue_counts(sqs: Any, url: str) -> tuple[int, int]:
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-
 def test_500_invoices_flow_through_exactly_once_within_the_cap(
     fifo_queues: FifoQueues, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,7 +156,7 @@ def test_500_invoices_flow_through_exactly_once_within_the_cap(
             # THEN each drain returned before its budget
             assert took_s < CONSUMER_BUDGET_S, report
             assert report["used_ms"] <= report["budget_ms"]
-            if report["stopped_because"] == "queue_empty" and queue_counts(fifo_queues.sqs,
+            if report["stopped_because"] == "queue_empty" and depth(fifo_queues.sqs,
                                                                            fifo_queues.url) == (0, 0):
                 break
         else:
@@ -197,4 +191,4 @@ def test_500_invoices_flow_through_exactly_once_within_the_cap(
     assert sum(r["duplicates"] for r in reports) == 0
     assert lam.peak <= CAP and max(r["peak_parallel"] for r in reports) <= CAP
     assert lam.throttled == 0
-    assert queue_counts(fifo_queues.sqs, fifo_queues.url) == (0, 0)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)

@@ -19,6 +19,7 @@ from sluice.envelope import Envelope
 from sluice.tasks import get_task
 from sluice.work import Backoff, WorkItem, work
 from tests.conftest import FifoQueues, free_port
+from tests.helpers import depth
 
 pytestmark = pytest.mark.integration
 
@@ -72,14 +73,6 @@ def run(event: dict[str, Any], queues: FifoQueues, db: Database, *, max_receive_
                 max_receive_count=max_receive_count, remaining_ms=lambda: remaining_ms, backoff=backoff)
 
 
-def depth(url: str, queues: FifoQueues) -> tuple[int, int]:
-    """(visible, in flight) messages of a queue."""
-    attrs = queues.sqs.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-
 def release_all(queues: FifoQueues, event: dict[str, Any]) -> None:
     """Stand-in for the visibility timeout running out: make the messages visible again now."""
     Queue(queues.url).release(r["receiptHandle"] for r in event["Records"])
@@ -120,7 +113,7 @@ def test_a_message_delivered_twice_is_applied_once(fifo_queues: FifoQueues, db: 
     assert first_result["batchItemFailures"] == [] and second_result["batchItemFailures"] == []
     assert db.count_invoices(key) == 1
     assert db.is_processed(Envelope.new("invoice.record", key, {}).dedup_id)
-    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
 
 
 def test_a_crash_between_commit_and_delete_is_recognised_on_redelivery(fifo_queues: FifoQueues,
@@ -145,7 +138,7 @@ def test_a_crash_between_commit_and_delete_is_recognised_on_redelivery(fifo_queu
     # THEN it is only deleted: still one invoice, nothing left in the queue
     assert outcomes(result) == ["duplicate"]
     assert db.count_invoices(key) == 1
-    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
 
 
 @pytest.mark.parametrize(
@@ -189,7 +182,7 @@ def test_a_poison_message_goes_to_the_dlq_with_its_reason(fifo_queues: FifoQueue
     assert reason_part in attributes["sluice_error"]
     assert attributes["sluice_source_message_id"] == event["Records"][0]["messageId"]
     assert attributes["sluice_receive_count"] == "1"
-    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
     assert db.count_invoices(key) == 0
     assert db.count_invoices(good_key) == 1
 
@@ -207,7 +200,7 @@ def test_a_database_outage_retries_later_then_succeeds(fifo_queues: FifoQueues, 
     # THEN the message is reported for retry, not deleted, and hidden for the backoff period
     assert outcomes(result) == ["retry"]
     assert result["batchItemFailures"] == [{"itemIdentifier": event["Records"][0]["messageId"]}]
-    assert depth(fifo_queues.url, fifo_queues) == (0, 1)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 1)
     assert Queue(fifo_queues.url).receive(wait_s=0) == []
 
     # WHEN the backoff has passed and a worker with a working database gets it again
@@ -219,7 +212,7 @@ def test_a_database_outage_retries_later_then_succeeds(fifo_queues: FifoQueues, 
     # THEN it is applied once and deleted
     assert outcomes(result) == ["done"]
     assert db.count_invoices(key) == 1
-    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
 
 
 def test_a_transient_failure_on_the_last_allowed_receive_dead_letters_with_the_reason(
@@ -237,7 +230,7 @@ def test_a_transient_failure_on_the_last_allowed_receive_dead_letters_with_the_r
     attributes = {k: v["StringValue"] for k, v in letter["MessageAttributes"].items()}
     assert attributes["sluice_error_type"] == "retries_exhausted"
     assert "cannot connect" in attributes["sluice_error"]
-    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
 
 
 def test_a_transient_failure_holds_back_the_rest_of_its_group_only(fifo_queues: FifoQueues, db: Database,
@@ -269,7 +262,7 @@ def test_a_transient_failure_holds_back_the_rest_of_its_group_only(fifo_queues: 
         r["messageId"] for r in event["Records"][:3]
     }
     assert db.invoice_keys(prefix) == [other_key]
-    assert depth(fifo_queues.url, fifo_queues) == (0, 3)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 3)
 
     # WHEN the wait is over and the group is delivered again
     release_all(fifo_queues, {"Records": event["Records"][:3]})
@@ -369,7 +362,7 @@ def test_deletes_go_in_tens_and_only_after_each_commit(fifo_queues: FifoQueues, 
     assert outcomes(result) == ["done"] * 25
     assert delete_calls.batches == [10, 10, 5] and delete_calls.singles == 0
     assert delete_calls.uncommitted == []
-    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
 
 
 def test_entries_the_delete_batch_refuses_are_retried_alone(fifo_queues: FifoQueues, db: Database,
@@ -396,4 +389,4 @@ def test_entries_the_delete_batch_refuses_are_retried_alone(fifo_queues: FifoQue
     assert outcomes(result) == ["done"] * 4
     assert delete_calls.batches == [4] and delete_calls.singles == 1
     assert delete_calls.uncommitted == []
-    assert depth(fifo_queues.url, fifo_queues) == (0, 0)
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)

@@ -1,0 +1,60 @@
+"""Helpers the test suites share: polling with a deadline, SQL on a test database, queue depths."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pymysql
+
+from sluice.aws import Queue
+from sluice.db import DbCredentials
+from sluice.local.processes import poll_until
+from sluice.ops.status import queue_counts
+
+if TYPE_CHECKING:
+    from sluice.local.stack import LocalStack
+
+T = TypeVar("T")
+
+MACHINE_DB_ADMIN = {"host": "127.0.0.1", "user": "root"}
+
+
+def eventually(check: Callable[[], T], timeout_s: float, what: str, poll_s: float = 0.25) -> T:
+    """``check``'s first truthy value; an AssertionError naming ``what`` once ``timeout_s`` has passed."""
+    return poll_until(check, timeout_s, what, poll_s=poll_s, error=AssertionError)
+
+
+def sql(database_url: str, statement: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on its own autocommit connection (so a test sees every commit at once)."""
+    creds = DbCredentials.from_url(database_url)
+    conn = pymysql.connect(host=creds.host, port=creds.port, user=creds.user, password=creds.password,
+                           database=creds.database, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, args)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def stack_sql(stack: LocalStack, statement: str, *args: Any) -> list[tuple[Any, ...]]:
+    """``sql`` on the database of a running local stack."""
+    assert stack.database is not None
+    return sql(stack.database.url, statement, *args)
+
+
+def drop_machine_database(name: str) -> None:
+    """Drop a test's scratch database on the machine's MariaDB (a no-op when it never got made)."""
+    conn = pymysql.connect(**MACHINE_DB_ADMIN, autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        conn.close()
+
+
+def depth(sqs: Any, url: str) -> tuple[int, int]:
+    """(visible, in flight) messages of the queue at ``url``, read through the client ``sqs``."""
+    counts = queue_counts(Queue(url, sqs=sqs))
+    return counts.visible, counts.in_flight
