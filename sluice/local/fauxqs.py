@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from sluice.local.processes import LOOPBACK, ChildProcess, LocalServiceError, choose_port
+from sluice.local.processes import ChildProcess, LocalServiceError, ServerProcess, choose_port
 from sluice.settings import PROJECT_ROOT
 
 SERVER_SCRIPT = Path(__file__).with_name("fauxqs_server.mjs")
@@ -57,24 +57,10 @@ def check_fauxqs_installed() -> None:
         raise LocalServiceError(f"fauxqs is not installed (node_modules/fauxqs is missing): {SETUP_HINT}")
 
 
-class FauxqsServer:
+class FauxqsServer(ServerProcess):
     """A fauxqs process bound to 127.0.0.1; ``url`` is its SQS endpoint once started."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
-        self.requested_port = port
-        self.log_path = log_path
-        self.port = 0
-        self._child: ChildProcess | None = None
-
-    @property
-    def url(self) -> str:
-        if not self.port:
-            raise LocalServiceError("fauxqs is not started")
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid if self._child else None
+    what = "fauxqs"
 
     def start(self, timeout_s: float = 30.0) -> str:
         check_fauxqs_installed()
@@ -111,11 +97,3 @@ class FauxqsServer:
             if not child.alive():
                 raise child.failure("fauxqs exited while starting")
         raise child.failure(f"fauxqs did not start within {timeout_s:.0f} s")
-
-    def alive(self) -> bool:
-        return self._child is not None and self._child.alive()
-
-    def stop(self) -> None:
-        if self._child is not None:
-            self._child.stop()
-            self._child = None

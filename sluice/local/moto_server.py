@@ -9,9 +9,8 @@ from __future__ import annotations
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
-from sluice.local.processes import LOOPBACK, ChildProcess, LocalServiceError, choose_port, wait_until
+from sluice.local.processes import LOOPBACK, ChildProcess, LocalServiceError, ServerProcess, choose_port, wait_until
 
 
 def _answers(url: str) -> bool:
@@ -24,24 +23,10 @@ def _answers(url: str) -> bool:
         return False
 
 
-class MotoServer:
+class MotoServer(ServerProcess):
     """A ``moto.server`` process; ``url`` is its endpoint (every service on one port)."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
-        self.requested_port = port
-        self.log_path = log_path
-        self.port = 0
-        self._child: ChildProcess | None = None
-
-    @property
-    def url(self) -> str:
-        if not self.port:
-            raise LocalServiceError("the moto server is not started")
-        return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid if self._child else None
+    what = "the moto server"
 
     def start(self, timeout_s: float = 30.0) -> str:
         try:
@@ -62,11 +47,7 @@ class MotoServer:
             raise failure from None
         return self.url
 
-    def alive(self) -> bool:
-        return self._child is not None and self._child.alive()
-
     def stop(self) -> None:
-        if self._child is not None:
-            self._child.stop()
-            self._child = None
+        super().stop()
+        # Its port is set before it answers, so a failed start must not leave a URL behind.
         self.port = 0

@@ -159,3 +159,34 @@ class ChildProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class ServerProcess:
+    """A server child process on 127.0.0.1, started by a subclass's ``start``; ``url`` is its
+    endpoint once started. ``what`` names it in errors."""
+
+    what = "the server"
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.requested_port = port
+        self.log_path = log_path
+        self.port = 0
+        self._child: ChildProcess | None = None
+
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise LocalServiceError(f"{self.what} is not started")
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child else None
+
+    def alive(self) -> bool:
+        return self._child is not None and self._child.alive()
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
