@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -48,11 +49,18 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except CliError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        print_error(str(exc))
         raise typer.Exit(exc.code) from None
     except SettingsError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+        print_error(str(exc))
         raise typer.Exit(EXIT_USAGE) from None
+
+
+def print_error(message: str) -> None:
+    """``error: <message>`` on stderr, never re-wrapped at the terminal's width (scripts grep one
+    line), and with the message's own brackets shown as text: it may quote user input, which rich
+    would otherwise read as markup (and a stray ``[/x]`` would crash the printer)."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
 
 
 def command(func: Callable[..., Any]) -> Callable[..., Any]:
