@@ -46,8 +46,12 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def local_database_url() -> str:
     """DATABASE_URL as the running local stack published it, or '' when it is not running."""
-    for base in (Path.cwd(), PROJECT_ROOT):
-        path = base / LOCAL_ENV_FILE
+    from sluice.stage import LOCAL_ENV_FILE_VAR
+
+    override = os.environ.get(LOCAL_ENV_FILE_VAR)
+    # The same local.env the other commands read when it is named; else the usual places.
+    candidates = [Path(override)] if override else [base / LOCAL_ENV_FILE for base in (Path.cwd(), PROJECT_ROOT)]
+    for path in candidates:
         if path.is_file():
             return read_env_file(path).get("DATABASE_URL", "")
     return ""
@@ -94,7 +98,9 @@ def migrate(stage: str = StageOption, as_json: bool = JsonOption) -> None:
     if not url and stage == "local":
         url = local_database_url() or load_settings("local").database.url
         if not url:
-            fail("no local database: start the local stack (sluice local up) or set DATABASE_URL", EXIT_USAGE)
+            # Nothing to reach, as for every other command against a stopped local stack.
+            fail("no local database: the local stack is not running; start it with `sluice local up` "
+                 "or set DATABASE_URL", EXIT_UNAVAILABLE)
     outcome = _migrate_url(url) if url else _migrate_deployed(stage)
     if as_json:
         emit_json(outcome)

@@ -1,0 +1,106 @@
+"""Every operator command at the edges a user meets first: no local stack running, a stage
+whose AWS endpoint does not answer, and bad arguments. Each must end with one clear line and
+a meaningful exit code (3: cannot reach it, 2: bad input), never a traceback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sluice import aws
+from sluice.cli import app
+from sluice.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE
+
+pytestmark = pytest.mark.e2e
+
+ITEM = ["--task", "invoice.record", "--payload", '{"customer": "acme", "amount_cents": 1, "currency": "EUR"}']
+
+# Every command that needs the stage's queues, functions or database.
+REACHING_COMMANDS = {
+    "status": ["status"],
+    "send": ["send", *ITEM],
+    "drain": ["drain"],
+    "dlq-list": ["dlq", "list"],
+    "dlq-redrive": ["dlq", "redrive", "--all"],
+    "dlq-purge": ["dlq", "purge", "--yes"],
+    "db-migrate": ["db", "migrate"],
+}
+
+# Environment a command could otherwise find a stack or a database through.
+_STRAY_ENV = ("DATABASE_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_LAMBDA", "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+              "AWS_ENDPOINT_URL")
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+    """A CLI runner in an empty directory, pointed at a local.env that does not exist."""
+    for name in _STRAY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLUICE_LOCAL_ENV_FILE", str(tmp_path / ".sluice" / "local.env"))
+    monkeypatch.chdir(tmp_path)
+    aws.reset_clients()
+    yield CliRunner()
+    aws.reset_clients()
+
+
+def one_clear_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert "Traceback" not in output, output
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv", list(REACHING_COMMANDS.values()), ids=list(REACHING_COMMANDS))
+def test_no_local_stack_is_exit_3_with_one_line(runner: CliRunner, argv: list[str]) -> None:
+    # GIVEN no local stack (no local.env anywhere the CLI looks)
+    # WHEN the command runs against the local stage
+    result = runner.invoke(app, [*argv, "--stage", "local"])
+    # THEN exit 3 and one line that says how to start the stack
+    assert result.exit_code == EXIT_UNAVAILABLE, result.output
+    assert "sluice local up" in one_clear_line(result.output)
+
+
+@pytest.mark.parametrize("argv", list(REACHING_COMMANDS.values()), ids=list(REACHING_COMMANDS))
+def test_unreachable_stage_is_exit_3_with_one_line(runner: CliRunner, monkeypatch: pytest.MonkeyPatch,
+                                                  argv: list[str]) -> None:
+    # GIVEN a deployed stage whose AWS endpoint does not answer
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    aws.reset_clients()
+    # WHEN the command runs against it
+    result = runner.invoke(app, [*argv, "--stage", "dev"])
+    # THEN exit 3 and one line naming the stage
+    assert result.exit_code == EXIT_UNAVAILABLE, result.output
+    assert "dev" in one_clear_line(result.output)
+
+
+BAD_ARGUMENTS = {
+    "negative-volume": (["plan", "--items-per-day", "-5", "--worker-ms", "10"], "items"),
+    "payload-not-json": (["send", "--task", "invoice.record", "--payload", "{bad", "--stage", "local"], "JSON"),
+    "redrive-without-selector": (["dlq", "redrive", "--stage", "local"], "--all"),
+    "unknown-stage": (["status", "--stage", "nosuchstage"], "nosuchstage"),
+    "bad-stage-name": (["dlq", "list", "--stage", "Bad/Stage"], "Bad/Stage"),
+    "bad-since": (["dlq", "redrive", "--since", "yesterday", "--stage", "local"], "yesterday"),
+    # User text that looks like rich markup is shown as typed, not parsed (a stray closing tag crashed).
+    "since-like-markup": (["dlq", "redrive", "--since", "[/oops]", "--stage", "local"], "[/oops]"),
+    "missing-file": (["send", "--file", "no-such-file.json", "--stage", "local"], "no-such-file.json"),
+}
+
+
+@pytest.mark.parametrize(("argv", "reason"), list(BAD_ARGUMENTS.values()), ids=list(BAD_ARGUMENTS))
+def test_bad_arguments_are_exit_2_with_the_reason(runner: CliRunner, argv: list[str], reason: str) -> None:
+    # WHEN a command gets an argument it cannot use
+    result = runner.invoke(app, argv)
+    # THEN exit 2, the reason is named, and no traceback
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert reason in result.output and "Traceback" not in result.output, result.output
