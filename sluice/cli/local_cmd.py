@@ -44,8 +44,9 @@ def up(
     stage: str = typer.Option("local", "--stage", "-s", help="Settings: config/<stage>.yml."),
     sqs: str = typer.Option("", "--sqs", help="fauxqs | moto | http(s)://URL (default: local.sqs)"),
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background; return once healthy."),
-    api_port: int = typer.Option(0, "--api-port", help="HTTP API port (0 = a free one)."),
-    lambda_port: int = typer.Option(0, "--lambda-port", help="Lambda endpoint port (0 = a free one)."),
+    api_port: int = typer.Option(0, "--api-port", min=0, max=65535, help="HTTP API port (0 = a free one)."),
+    lambda_port: int = typer.Option(0, "--lambda-port", min=0, max=65535,
+                                    help="Lambda endpoint port (0 = a free one)."),
     timeout_s: float = typer.Option(120, "--timeout", help="Seconds to wait for a detached stack."),
     local_dir: Path = LocalDirOption,
 ) -> None:

@@ -93,6 +93,8 @@ BAD_ARGUMENTS = {
     "bad-since": (["dlq", "redrive", "--since", "yesterday", "--stage", "local"], "yesterday"),
     # User text that looks like rich markup is shown as typed, not parsed (a stray closing tag crashed).
     "since-like-markup": (["dlq", "redrive", "--since", "[/oops]", "--stage", "local"], "[/oops]"),
+    "port-out-of-range": (["local", "up", "--api-port", "70000", "--local-dir", "stack"], "--api-port"),
+    "negative-port": (["local", "up", "--lambda-port", "-1", "--local-dir", "stack"], "--lambda-port"),
     "missing-file": (["send", "--file", "no-such-file.json", "--stage", "local"], "no-such-file.json"),
 }
 
