@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from sluice.local.http_reply import send_reply
+
 # The calls on sluice's path: enqueue, receive, and delete (one at a time or in batches).
 DEFAULT_OPERATIONS = ("SendMessageBatch", "ReceiveMessage", "DeleteMessage", "DeleteMessageBatch")
 
@@ -200,12 +202,7 @@ class SqsFaultProxy:
 
     @staticmethod
     def _reply(request: BaseHTTPRequestHandler, status: int, headers: dict[str, str], body: bytes) -> None:
-        request.send_response(status)
-        for name, value in headers.items():
-            request.send_header(name, value)
-        request.send_header("Content-Length", str(len(body)))
-        request.end_headers()
-        request.wfile.write(body)
+        send_reply(request, status, body, headers)
 
     def start(self, port: int = 0) -> str:
         proxy = self

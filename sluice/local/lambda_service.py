@@ -31,6 +31,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import IO, Any
 
+from sluice.local.http_reply import json_reply, send_reply
 from sluice.local.runtime_api import (
     LOOPBACK,
     FunctionDefinition,
@@ -439,18 +440,11 @@ class _InvokeHandler(BaseHTTPRequestHandler):
         self._json(status, {"Type": "User", "message": message}, {"x-amzn-ErrorType": code})
 
     def _json(self, status: HTTPStatus, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps(body).encode(), {"Content-Type": "application/json", **(headers or {})})
+        self._send(status, *json_reply(body, headers))
 
     def _send(self, status: HTTPStatus, body: bytes, headers: dict[str, str]) -> None:
-        try:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:
-            pass  # the caller hung up; nothing to tell it
+        with contextlib.suppress(OSError):  # the caller hung up; nothing to tell it
+            send_reply(self, status, body, headers)
 
 
 # -- running it as a process -----------------------------------------------------------------

@@ -25,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
+from sluice.local.http_reply import json_reply, send_reply
+
 LOOPBACK = "127.0.0.1"
 ACCOUNT_ID = "123456789012"
 RUNTIME_PREFIX = "/2018-06-01/runtime"
@@ -344,15 +346,8 @@ class _RuntimeApiHandler(BaseHTTPRequestHandler):
                                                  "errorMessage": f"no invocation {parts[0]} in progress"})
 
     def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
-        self._send(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        self._send(status, *json_reply(body))
 
     def _send(self, status: HTTPStatus, body: bytes, headers: dict[str, str]) -> None:
-        try:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except OSError:
-            pass  # the runtime died mid-reply; its exit watcher reports that
+        with contextlib.suppress(OSError):  # the runtime died mid-reply; its exit watcher reports that
+            send_reply(self, status, body, headers)
