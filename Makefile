@@ -27,7 +27,7 @@ setup: $(PYSTAMP) $(NODESTAMP)
 $(PYSTAMP): pyproject.toml
 	@[ -x $(PY) ] || "$$(scripts/find-python)" -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	@touch $@
 
 $(NODESTAMP): package.json package-lock.json
@@ -46,13 +46,8 @@ lint: $(PYSTAMP)
 	$(VENV)/bin/mypy
 
 # Benchmarks print ratios measured side by side in one run (bench/results/latest.json + PNG).
-BENCHSTAMP := $(VENV)/.bench-stamp
-bench: $(BENCHSTAMP) $(NODESTAMP)
+bench: setup
 	$(PY) -m bench
-
-$(BENCHSTAMP): $(PYSTAMP)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
-	@touch $@
 
 # Every chaos scenario at full size plus 10,000 fuzzed enqueue requests; prints the scenario table.
 chaos: setup

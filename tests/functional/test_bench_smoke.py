@@ -39,11 +39,12 @@ def _one(document: dict[str, Any], name_start: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--no-plot", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, f"bench --smoke failed:\n{done.stderr[-3000:]}"
     document: dict[str, Any] = json.loads((out / "latest.json").read_text())
     document["_stdout"] = done.stdout
+    document["_plot"] = (out / "drain-timeline.png").read_bytes()[:8]
     return document
 
 
@@ -57,6 +58,8 @@ def test_every_question_is_answered_as_a_ratio_with_its_inputs(smoke_results: di
         assert f["denominator"] != 0 and f["value"] == pytest.approx(f["numerator"] / f["denominator"]), f
         assert f["inputs"], f"{f['pid']} {f['name']} carries no inputs"
         assert f"{f['value']:.3g}" in smoke_results["_stdout"], f"{f['name']} is not printed"
+    # AND the drain timeline was plotted
+    assert smoke_results["_plot"] == b"\x89PNG\r\n\x1a\n"
     # AND the markdown table for the docs is part of the results
     assert smoke_results["markdown"].count("\n| P") == len(figures)
 
@@ -111,8 +114,7 @@ def test_figure_bounds_and_window_arithmetic() -> None:
 
 
 def test_timeline_plot_is_a_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="the plot needs the bench extra (make bench installs it)")
-    from bench.plot import plot_timeline
+    from bench.plot import plot_timeline  # matplotlib: `make setup` installs the bench extra
 
     # GIVEN a short timeline and probe series
     samples = [Sample(t=100 + i / 10, visible=max(0, 50 - 5 * i), in_flight=min(i, 4), busy=min(i, 2), cap=2)
