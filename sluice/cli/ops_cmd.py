@@ -186,6 +186,10 @@ def send(
     size = ctx.settings.enqueuer.max_items
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
     _validate_all(enqueuer, chunks, size)
+    with reaching(f"reaching the queue of stage {stage!r}"):
+        # One cheap call first: a queue that cannot be reached at all (a stopped stack, no network)
+        # is one line and exit 3, not every item reported as "not enqueued".
+        ctx.queue().attributes(["QueueArn"])
     rows: list[dict[str, Any]] = []
     failed = 0
     progress = Progress(TextColumn("enqueue"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -4,6 +4,7 @@ a meaningful exit code (3: cannot reach it, 2: bad input), never a traceback."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,9 @@ _STRAY_ENV = ("DATABASE_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_LAMBDA",
               "AWS_ENDPOINT_URL")
 
 
+_EXPORTED_BY_THE_CLI = ("AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as s:
@@ -47,6 +51,13 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunne
     """A CLI runner in an empty directory, pointed at a local.env that does not exist."""
     for name in _STRAY_ENV:
         monkeypatch.delenv(name, raising=False)
+    # The CLI exports a local.env's endpoints and credentials into this process; these are put
+    # back after the test so nothing leaks into the rest of the session.
+    for name in _EXPORTED_BY_THE_CLI:
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SLUICE_LOCAL_ENV_FILE", str(tmp_path / ".sluice" / "local.env"))
     monkeypatch.chdir(tmp_path)
     aws.reset_clients()
@@ -82,6 +93,31 @@ def test_unreachable_stage_is_exit_3_with_one_line(runner: CliRunner, monkeypatc
     # THEN exit 3 and one line naming the stage
     assert result.exit_code == EXIT_UNAVAILABLE, result.output
     assert "dev" in one_clear_line(result.output)
+
+
+def write_stale_local_env(path: Path) -> None:
+    """A local.env left by a stack that died (kill -9): every endpoint it names is closed."""
+    url = f"http://127.0.0.1:{closed_port()}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{key}={value}\n" for key, value in {
+        "AWS_ENDPOINT_URL": url, "AWS_ENDPOINT_URL_SQS": url, "AWS_ENDPOINT_URL_LAMBDA": url,
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+        "SLUICE_API_URL": url, "DATABASE_URL": f"mysql://root@127.0.0.1:{closed_port()}/sluice",
+        "SLUICE_QUEUE_URL": f"{url}/000000000000/sluice-local-jobs.fifo",
+        "SLUICE_DLQ_URL": f"{url}/000000000000/sluice-local-jobs-dlq.fifo",
+    }.items()))
+
+
+@pytest.mark.parametrize("argv", list(REACHING_COMMANDS.values()), ids=list(REACHING_COMMANDS))
+def test_a_dead_local_stack_is_exit_3_with_one_line(runner: CliRunner, tmp_path: Path,
+                                                   argv: list[str]) -> None:
+    # GIVEN a local.env whose stack is gone (its ports closed)
+    write_stale_local_env(tmp_path / ".sluice" / "local.env")
+    # WHEN the command runs against the local stage
+    result = runner.invoke(app, [*argv, "--stage", "local"])
+    # THEN exit 3 and one line saying what could not be reached (send: not a failure per item)
+    assert result.exit_code == EXIT_UNAVAILABLE, result.output
+    assert "127.0.0.1" in one_clear_line(result.output)
 
 
 BAD_ARGUMENTS = {
