@@ -21,13 +21,15 @@ import pymysql
 from botocore.config import Config
 
 from bench.counting_proxy import CountingProxy
+from sluice.aws import Queue
 from sluice.functions import function_table
 from sluice.local.fauxqs import FauxqsServer
 from sluice.local.lambda_service import LambdaService
-from sluice.local.processes import free_port
+from sluice.local.processes import StartStopContext, free_port
 from sluice.local.resources import create_queues
 from sluice.local.runtime_api import FunctionDefinition
 from sluice.migrations import apply_migrations
+from sluice.ops.status import queue_counts
 from sluice.settings import PROJECT_ROOT, Settings, load_settings
 
 REGION = "us-east-1"
@@ -101,7 +103,7 @@ def _connect_args(url: str) -> dict[str, Any]:
     return {"host": c.host, "port": c.port, "user": c.user, "password": c.password, "database": c.database}
 
 
-class BenchStack:
+class BenchStack(StartStopContext):
     """Start with ``with BenchStack(cap, drain_timeout_s, db_url) as stack:``."""
 
     def __init__(self, cap: int, drain_timeout_s: int, database_url: str, log_dir: Path) -> None:
@@ -126,17 +128,6 @@ class BenchStack:
 
     def function_name(self, key: str) -> str:
         return self.settings.function_name(key)
-
-    def __enter__(self) -> BenchStack:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -198,11 +189,8 @@ class BenchStack:
     # -- what the scenarios read ---------------------------------------------------------
     def depth(self, url: str | None = None) -> tuple[int, int]:
         """(visible, in flight) of the queue, straight from fauxqs (not counted as sluice's calls)."""
-        attrs = self._direct_sqs().get_queue_attributes(
-            QueueUrl=url or self.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+        counts = queue_counts(Queue(url or self.queue_url, sqs=self._direct_sqs()))
+        return counts.visible, counts.in_flight
 
     def _direct_sqs(self) -> Any:
         if not hasattr(self, "_direct"):

@@ -31,7 +31,7 @@ from sluice.chaos.sqs_fault_proxy import FaultPlan, SqsFaultProxy
 from sluice.chaos.tasks import EFFECTS_TABLE_SQL
 from sluice.local.fauxqs import FauxqsServer
 from sluice.local.mariadb import DatabaseUrl, PrivateMariaDB
-from sluice.local.processes import poll_until
+from sluice.local.processes import StartStopContext, poll_until
 from sluice.local.stack import LocalStack
 from sluice.ops.status import queue_counts
 from sluice.settings import Settings
@@ -111,7 +111,7 @@ def make_items(run: str, valid: int, poison: int, *, groups: int = 4,
 
 
 @dataclass
-class ChaosRun:
+class ChaosRun(StartStopContext):
     """A stack for one scenario. ``with ChaosRun(...) as run:`` starts it and stops it."""
 
     name: str
@@ -154,17 +154,6 @@ class ChaosRun:
     @property
     def chaos_dir(self) -> Path:
         return self.work_dir / "markers"
-
-    def __enter__(self) -> ChaosRun:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def start(self) -> None:
         self.chaos_dir.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Self, TypeVar
 
 LOOPBACK = "127.0.0.1"
 
@@ -190,3 +190,25 @@ class ServerProcess:
         if self._child is not None:
             self._child.stop()
             self._child = None
+
+
+class StartStopContext:
+    """``with thing as t:`` starts it and stops it. A start that fails part way stops what it
+    had started before the error goes on, so a half-started stack leaves no process behind."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
