@@ -102,9 +102,11 @@ def status(
 def read_items(path: Path) -> list[Any]:
     """A JSON file ({"items": [...]} or a list) or NDJSON (one item per line)."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path} is not UTF-8 text (byte {exc.start}); expected JSON or NDJSON", EXIT_USAGE) from None
     stripped = text.lstrip()
     if stripped.startswith("[") or stripped.startswith("{"):
         try:
