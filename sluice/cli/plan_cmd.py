@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import typer
 from rich.table import Table
 
@@ -38,6 +40,11 @@ def plan(
 ) -> None:
     """Drain time, needed cap, Lambda GB-s, requests and dollars for a daily volume; what breaks first."""
     settings = load_settings(stage)
+    numbers = {"--worker-ms": worker_ms, "--payload-kb": payload_kb, "--dead-letter-rate": dead_letter_rate,
+               "--within-hours": within_hours, "--invoke-overhead-ms": invoke_overhead_ms}
+    for flag, value in numbers.items():
+        if not math.isfinite(value):
+            raise CliError(f"{flag} must be a finite number, not {value}", EXIT_USAGE)
     try:
         result = make_plan(inputs_from_settings(
             settings, items_per_day, worker_ms, batch_size=batch_size, cap=cap,
