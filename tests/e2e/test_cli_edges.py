@@ -49,19 +49,20 @@ def closed_port() -> int:
 @pytest.fixture
 def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
     """A CLI runner in an empty directory, pointed at a local.env that does not exist."""
+    # The CLI exports a local.env's endpoints and credentials into this process (os.environ, not
+    # through monkeypatch): put every one back afterwards so nothing leaks into other tests.
+    saved = {name: os.environ.get(name) for name in (*_STRAY_ENV, *_EXPORTED_BY_THE_CLI)}
     for name in _STRAY_ENV:
-        monkeypatch.delenv(name, raising=False)
-    # The CLI exports a local.env's endpoints and credentials into this process; these are put
-    # back after the test so nothing leaks into the rest of the session.
-    for name in _EXPORTED_BY_THE_CLI:
-        if name in os.environ:
-            monkeypatch.setenv(name, os.environ[name])
-        else:
-            monkeypatch.delenv(name, raising=False)
+        os.environ.pop(name, None)
     monkeypatch.setenv("SLUICE_LOCAL_ENV_FILE", str(tmp_path / ".sluice" / "local.env"))
     monkeypatch.chdir(tmp_path)
     aws.reset_clients()
     yield CliRunner()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     aws.reset_clients()
 
 
@@ -83,10 +84,9 @@ def test_no_local_stack_is_exit_3_with_one_line(runner: CliRunner, argv: list[st
 
 
 @pytest.mark.parametrize("argv", list(REACHING_COMMANDS.values()), ids=list(REACHING_COMMANDS))
-def test_unreachable_stage_is_exit_3_with_one_line(runner: CliRunner, monkeypatch: pytest.MonkeyPatch,
-                                                  argv: list[str]) -> None:
-    # GIVEN a deployed stage whose AWS endpoint does not answer
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+def test_unreachable_stage_is_exit_3_with_one_line(runner: CliRunner, argv: list[str]) -> None:
+    # GIVEN a deployed stage whose AWS endpoint does not answer (the runner fixture restores it)
+    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{closed_port()}"
     aws.reset_clients()
     # WHEN the command runs against it
     result = runner.invoke(app, [*argv, "--stage", "dev"])
@@ -131,14 +131,26 @@ BAD_ARGUMENTS = {
     "since-like-markup": (["dlq", "redrive", "--since", "[/oops]", "--stage", "local"], "[/oops]"),
     "port-out-of-range": (["local", "up", "--api-port", "70000", "--local-dir", "stack"], "--api-port"),
     "negative-port": (["local", "up", "--lambda-port", "-1", "--local-dir", "stack"], "--lambda-port"),
+    "infinite-worker-ms": (["plan", "--items-per-day", "100", "--worker-ms", "inf"], "--worker-ms"),
+    "binary-file": (["send", "--file", "binary.json", "--stage", "local"], "not UTF-8"),
     "missing-file": (["send", "--file", "no-such-file.json", "--stage", "local"], "no-such-file.json"),
 }
 
 
 @pytest.mark.parametrize(("argv", "reason"), list(BAD_ARGUMENTS.values()), ids=list(BAD_ARGUMENTS))
 def test_bad_arguments_are_exit_2_with_the_reason(runner: CliRunner, argv: list[str], reason: str) -> None:
+    # GIVEN a file that is not text, for --file
+    Path("binary.json").write_bytes(b"\xff\xfe{}")
     # WHEN a command gets an argument it cannot use
     result = runner.invoke(app, argv)
     # THEN exit 2, the reason is named, and no traceback
     assert result.exit_code == EXIT_USAGE, result.output
     assert reason in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_since_older_than_the_calendar_selects_everything(runner: CliRunner) -> None:
+    # WHEN --since reaches back past year 1 (no dead letter is older: it means "all")
+    result = runner.invoke(app, ["dlq", "redrive", "--since", "99999999999d", "--dry-run", "--stage", "local"])
+    # THEN it is accepted and the command goes on to reach the stack (none here: exit 3), no traceback
+    assert result.exit_code == EXIT_UNAVAILABLE, result.output
+    assert "sluice local up" in one_clear_line(result.output)
