@@ -108,6 +108,10 @@ def test_ctrl_c_stops_the_foreground_stack_and_every_process_it_started(
         poll(lambda: len(function_pids(env)) >= 2, 20, "enqueuer and consumer processes running")
         groups = process_groups(local_dir, env)
         assert len(groups) >= 4 and all(group_alive(g) for g in groups)
+        # AND a second `local up` on the same state directory says one is running, and starts nothing
+        second = subprocess.run([*CLI, "local", "up", "--local-dir", str(local_dir)], cwd=PROJECT_ROOT,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and f"already running (pid {proc.pid}" in second.stderr, second.stderr
         # WHEN the user presses Ctrl-C
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
