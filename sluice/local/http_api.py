@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from sluice.aws import AwsError, InvokeResult, ThrottledError
@@ -126,14 +126,19 @@ _MAX_CHUNK_LINE = 4096
 _MAX_TRAILER_LINES = 100
 
 
-def _chunk_line(stream: BinaryIO) -> bytes:
+class _Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+    def readline(self, size: int = ..., /) -> bytes: ...
+
+
+def _chunk_line(stream: _Readable) -> bytes:
     line = stream.readline(_MAX_CHUNK_LINE + 1)
     if not line.endswith(b"\n"):
         raise BadChunkedBodyError("truncated or overlong chunk line" if line else "body ended early")
     return line.rstrip(b"\r\n")
 
 
-def read_chunked(stream: BinaryIO, limit: int) -> bytes:
+def read_chunked(stream: _Readable, limit: int) -> bytes:
     """The body of a ``Transfer-Encoding: chunked`` request (RFC 9112 section 7.1); trailers are
     read and dropped. Raises BodyTooLargeError as soon as the body passes ``limit`` bytes."""
     parts: list[bytes] = []
