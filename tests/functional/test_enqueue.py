@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 
 from sluice.aws import Queue
 from sluice.enqueue import Enqueuer, EnqueueRequestError
+from tests.fixtures.events import http_api_event
 
 pytestmark = pytest.mark.functional
 
@@ -199,20 +199,11 @@ class Context:
     aws_request_id: str = "req-1"
 
 
-def http_event(body: str, *, method: str = "POST", path: str = "/jobs", b64: bool = False) -> dict[str, Any]:
-    """An HTTP API payload-v2.0 event (the shape of `sam local generate-event apigateway http-api-proxy`)."""
-    return {
-        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
-        "headers": {"content-type": "application/json"},
-        "requestContext": {"accountId": "123456789012", "apiId": "api", "domainName": "x",
-                           "domainPrefix": "x",
-                           "http": {"method": method, "path": path, "protocol": "HTTP/1.1",
-                                    "sourceIp": "127.0.0.1", "userAgent": "pytest"},
-                           "requestId": "rid", "routeKey": "$default", "stage": "$default",
-                           "time": "01/Jan/2026:00:00:00 +0000", "timeEpoch": 0},
-        "body": base64.b64encode(body.encode()).decode() if b64 else body,
-        "isBase64Encoded": b64,
-    }
+def undecodable_base64_event() -> dict[str, Any]:
+    """A request flagged base64 whose body does not decode."""
+    event = http_api_event("{}")
+    event["body"], event["isBase64Encoded"] = "not*base64", True
+    return event
 
 
 @pytest.fixture
@@ -226,9 +217,10 @@ def handler(fifo_queues: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     module.reset()
 
 
-def test_http_post_enqueues_and_answers_202(handler: Any, fifo_queues: Any) -> None:
-    # GIVEN a base64-encoded POST /jobs with 3 items
-    event = http_event(json.dumps({"items": [invoice(i) for i in range(3)]}), b64=True)
+@pytest.mark.parametrize("base64_body", [False, True], ids=["json", "base64"])
+def test_http_post_enqueues_and_answers_202(handler: Any, fifo_queues: Any, base64_body: bool) -> None:
+    # GIVEN AWS's HTTP API sample event as a POST /jobs with 3 items, as JSON text or base64-encoded
+    event = http_api_event(json.dumps({"items": [invoice(i) for i in range(3)]}), base64_body=base64_body)
     # WHEN handled
     response = handler.lambda_handler(event, Context())
     # THEN 202 with the ids, and 3 messages are queued
@@ -240,16 +232,20 @@ def test_http_post_enqueues_and_answers_202(handler: Any, fifo_queues: Any) -> N
 @pytest.mark.parametrize(
     ("event", "status", "reason"),
     [
-        (http_event("{}", path="/other"), 404, "no route"),
-        (http_event("", method="GET"), 405, "use POST"),
-        (http_event("{oops"), 400, "not valid JSON"),
-        (http_event(json.dumps({"items": [invoice(i) for i in range(51)]})), 413, "limit is 50"),
+        (http_api_event("{}", path="/other"), 404, "no route"),
+        (http_api_event("", method="GET"), 405, "use POST"),
+        (http_api_event("{oops"), 400, "not valid JSON"),
+        (undecodable_base64_event(), 400, "does not decode"),
+        (http_api_event(json.dumps({"items": [invoice(i) for i in range(51)]})), 413, "limit is 50"),
     ],
-    ids=["route", "method", "json", "too-many"],
+    ids=["route", "method", "json", "base64", "too-many"],
 )
 def test_http_bad_input_is_4xx_with_reason(handler: Any, fifo_queues: Any, event: dict[str, Any],
                                            status: int, reason: str) -> None:
+    # GIVEN AWS's HTTP API sample event carrying one bad request
+    # WHEN handled
     response = handler.lambda_handler(event, Context())
+    # THEN the status names the reason, and nothing was queued
     assert response["statusCode"] == status
     assert reason in response["body"]
     assert depth(fifo_queues) == 0
