@@ -1,4 +1,4 @@
-"""The whole pipeline in one process: enqueuer handler (HTTP API v2 event) -> moto SQS FIFO ->
+"""The whole pipeline in one process: enqueuer handler (AWS's HTTP API v2 sample event) -> moto SQS FIFO ->
 consumer handler -> worker handler on threads -> MariaDB, with a concurrency cap of 4.
 
 The Lambda service is an in-process object with boto3's ``invoke`` shape: each concurrent
@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 
 from sluice.db import Database
 from tests.conftest import REGION, FifoQueues
+from tests.fixtures.events import http_api_event, scheduled_event
 from tests.helpers import depth
 
 pytestmark = pytest.mark.integration
@@ -92,19 +93,6 @@ class InProcessLambda:
                 self.idle.append(container)
 
 
-def http_event(body: str) -> dict[str, Any]:
-    return {
-        "version": "2.0", "routeKey": "POST /jobs", "rawPath": "/jobs", "rawQueryString": "",
-        "headers": {"content-type": "application/json"},
-        "requestContext": {"accountId": "123456789012", "apiId": "api", "domainName": "local",
-                           "domainPrefix": "local", "requestId": uuid.uuid4().hex, "routeKey": "POST /jobs",
-                           "stage": "$default", "time": "01/Jan/2026:00:00:00 +0000", "timeEpoch": 0,
-                           "http": {"method": "POST", "path": "/jobs", "protocol": "HTTP/1.1",
-                                    "sourceIp": "127.0.0.1", "userAgent": "pytest"}},
-        "body": body, "isBase64Encoded": False,
-    }
-
-
 def test_500_invoices_flow_through_exactly_once_within_the_cap(
     fifo_queues: FifoQueues, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -138,18 +126,19 @@ def test_500_invoices_flow_through_exactly_once_within_the_cap(
             item["group"] = item["payload"]["customer"]
 
     try:
-        # WHEN they are POSTed to the enqueuer as one request
-        response = enqueuer.lambda_handler(http_event(json.dumps({"items": items})),
+        # WHEN they are POSTed to the enqueuer as one request (AWS's HTTP API sample event)
+        response = enqueuer.lambda_handler(http_api_event(json.dumps({"items": items})),
                                            lambda_context("sluice-test-enqueuer", 29))
         assert response["statusCode"] == 202, response["body"]
         assert json.loads(response["body"])["accepted"] == 500
 
-        # AND the consumer is started like the schedule does, until the queue is empty
+        # AND the consumer is started like the schedule does (AWS's scheduled-event sample), until the
+        # queue is empty
         reports = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             started = time.monotonic()
-            report = consumer.lambda_handler({"source": "aws.events", "detail-type": "Scheduled Event"},
+            report = consumer.lambda_handler(scheduled_event(),
                                              lambda_context("sluice-test-consumer", CONSUMER_BUDGET_S))
             took_s = time.monotonic() - started
             reports.append(report)

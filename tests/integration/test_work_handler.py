@@ -17,6 +17,7 @@ from sluice.aws import OutgoingMessage, Queue
 from sluice.db import Database, DbCredentials
 from sluice.envelope import Envelope
 from tests.conftest import REGION, FifoQueues
+from tests.fixtures.events import SQS, load_event, sqs_event, sqs_record
 
 pytestmark = pytest.mark.integration
 
@@ -63,12 +64,15 @@ def send_and_receive(queues: FifoQueues, key: str, customer: str = "acme") -> di
     queue.send(OutgoingMessage(id="0", body=envelope.to_body(), group_id=customer,
                                dedup_id=envelope.dedup_id))
     deadline = time.monotonic() + 10
-    received = []
+    received: list[dict[str, Any]] = []
     while not received and time.monotonic() < deadline:
-        received = queue.receive(wait_s=0)
+        received = queues.sqs.receive_message(QueueUrl=queues.url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
+                                              MessageSystemAttributeNames=["All"],
+                                              MessageAttributeNames=["All"]).get("Messages", [])
     assert len(received) == 1
-    # Without "queueUrl": the handler falls back to SLUICE_QUEUE_URL, as behind a plain SQS trigger.
-    return {"Records": [received[0].to_sqs_record(queues.arn)]}
+    # AWS's SQS sample record carrying the real message and its receipt handle. Without "queueUrl":
+    # the handler falls back to SLUICE_QUEUE_URL, as behind a plain SQS trigger.
+    return sqs_event([sqs_record(received[0], queues.arn)])
 
 
 def test_the_handler_applies_a_batch_and_reuses_its_connection(worker_env: str, fifo_queues: FifoQueues,
@@ -105,3 +109,28 @@ def test_the_handler_applies_a_batch_and_reuses_its_connection(worker_env: str, 
                for line in applied)
     emitted = [line for line in lines if "_aws" in line]
     assert emitted and all("done" in line and "worker_ms" in line for line in emitted)
+
+
+def test_the_records_the_consumer_builds_have_the_shape_of_aws_sqs_records(fifo_queues: FifoQueues) -> None:
+    # GIVEN a message on the queue, received as the consumer receives it
+    envelope = Envelope.new("invoice.record", f"H-{uuid.uuid4().hex[:8]}",
+                            {"customer": "acme", "amount_cents": 1, "currency": "USD"})
+    queue = Queue(fifo_queues.url, sqs=fifo_queues.sqs)
+    queue.send(OutgoingMessage(id="0", body=envelope.to_body(), group_id="acme", dedup_id=envelope.dedup_id))
+    deadline = time.monotonic() + 10
+    received = []
+    while not received and time.monotonic() < deadline:
+        received = queue.receive(wait_s=0)
+    assert len(received) == 1
+    # WHEN the consumer turns it into the record it hands a worker
+    record = received[0].to_sqs_record(fifo_queues.arn)
+    # THEN it has exactly the keys of AWS's sample record, every attribute the sample has, and the
+    # FIFO attributes a record from a FIFO queue carries, so the worker sees one shape behind either
+    sample = load_event(SQS)["Records"][0]
+    assert set(record) == set(sample)
+    assert set(sample["attributes"]) <= set(record["attributes"])
+    assert record["attributes"]["MessageGroupId"] == "acme"
+    assert record["attributes"]["MessageDeduplicationId"] == envelope.dedup_id
+    assert record["attributes"]["SequenceNumber"]
+    assert (record["eventSource"], record["eventSourceARN"], record["awsRegion"]) == \
+        ("aws:sqs", fifo_queues.arn, REGION)
