@@ -23,7 +23,9 @@ from sluice.local.mariadb import DatabaseUrl, PrivateMariaDB, answers, ensure_da
 from sluice.local.moto_server import MotoServer
 from sluice.local.processes import LocalServiceError, is_listening
 from sluice.local.resources import create_db_secret, create_queues
+from sluice.local.scheduler import scheduled_event
 from sluice.settings import load_settings
+from tests.fixtures.events import HTTP_API, SCHEDULED, load_event
 
 pytestmark = pytest.mark.e2e
 
@@ -202,6 +204,42 @@ def test_http_api_sends_a_v2_event_and_maps_the_response(toy_api: HttpApi) -> No
     assert ctx["http"]["sourceIp"] == "127.0.0.1"
     assert ctx["requestId"] and ctx["timeEpoch"] > 0
     assert 0 < reply["remaining_ms"] <= 10_000
+
+
+def test_http_api_events_have_the_keys_of_aws_sample(toy_api: HttpApi) -> None:
+    # GIVEN AWS's HTTP API sample event (sam local generate-event apigateway http-api-proxy)
+    sample = load_event(HTTP_API)
+    # WHEN a request with a query string, cookies and a JSON body goes through the local HTTP API
+    status, _, body = request(f"{toy_api.url}/jobs?a=1", "POST", b'{"items": []}',
+                              {"Content-Type": "application/json", "Cookie": "c1=1; c2=2"})
+    assert status == 201
+    event = json.loads(body)["event"]
+    # THEN the function's event has the sample's keys at every level, less only what AWS itself
+    # leaves out here: pathParameters (the route has none), stageVariables (the stage has none),
+    # authentication (no mutual TLS) and authorizer (no authorizer on the route)
+    assert set(event) == set(sample) - {"pathParameters", "stageVariables"}
+    assert set(event["requestContext"]) == set(sample["requestContext"]) - {"authentication", "authorizer"}
+    assert set(event["requestContext"]["http"]) == set(sample["requestContext"]["http"])
+    assert event["cookies"] == ["c1=1", "c2=2"]
+    # AND the values AWS fixes for the $default stage are the sample's
+    assert (event["version"], event["requestContext"]["stage"]) == (sample["version"],
+                                                                    sample["requestContext"]["stage"])
+
+
+def test_scheduler_events_have_the_keys_of_aws_sample() -> None:
+    # GIVEN AWS's scheduled-event sample (sam local generate-event cloudwatch scheduled-event)
+    sample = load_event(SCHEDULED)
+    rule_arn = f"arn:aws:events:{REGION}:123456789012:rule/sluice-local-consumer"
+    # WHEN the local scheduler makes its event for one tick
+    event = scheduled_event(rule_arn, REGION)
+    # THEN it has the sample's keys plus "version", which EventBridge sends and the sample omits,
+    # and the same fixed values
+    assert set(event) == set(sample) | {"version"}
+    assert event["version"] == "0"
+    assert (event["source"], event["detail-type"], event["detail"]) == (sample["source"],
+                                                                        sample["detail-type"], sample["detail"])
+    assert (event["resources"], event["region"]) == ([rule_arn], REGION)
+    assert len(event["time"]) == len(sample["time"]) and event["time"].endswith("Z")
 
 
 def test_http_api_other_routes_binary_bodies_and_plain_results(toy_api: HttpApi) -> None:
