@@ -12,7 +12,6 @@ show as a mismatch. Every reply must match docs/openapi.yaml for its status.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import string
@@ -31,6 +30,7 @@ from sluice import aws
 from sluice.chaos.queues import ChaosQueues, make_queues
 from sluice.envelope import MAX_GROUP_LENGTH, MAX_KEY_LENGTH, dedup_id, default_key
 from sluice.local.fauxqs import FauxqsServer
+from tests.fixtures.events import http_api_event
 
 pytestmark = pytest.mark.functional
 
@@ -143,17 +143,10 @@ requests_ = st.one_of(
 
 
 def http_event(body: bytes, *, as_base64: bool) -> dict[str, Any]:
-    """An HTTP API payload-v2.0 event for POST /jobs, as API Gateway builds it."""
-    text = base64.b64encode(body).decode() if as_base64 else body.decode("utf-8", errors="surrogateescape")
-    return {
-        "version": "2.0", "routeKey": "POST /jobs", "rawPath": "/jobs", "rawQueryString": "",
-        "headers": {"content-type": "application/json"}, "isBase64Encoded": as_base64, "body": text,
-        "requestContext": {"accountId": "000000000000", "apiId": "local", "domainName": "localhost",
-                           "http": {"method": "POST", "path": "/jobs", "protocol": "HTTP/1.1",
-                                    "sourceIp": "127.0.0.1", "userAgent": "fuzz"},
-                           "requestId": "fuzz", "routeKey": "POST /jobs", "stage": "$default",
-                           "time": "01/Jan/2026:00:00:00 +0000", "timeEpoch": 0},
-    }
+    """AWS's HTTP API sample event as a POST /jobs carrying these bytes, as API Gateway passes them."""
+    if as_base64:
+        return http_api_event(body, base64_body=True)
+    return http_api_event(body.decode("utf-8", errors="surrogateescape"))
 
 
 # ---- fixtures ------------------------------------------------------------------------------------
