@@ -19,6 +19,7 @@ other work counts only its own rows.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import time
@@ -37,6 +38,7 @@ import pymysql
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from sluice.aws import Queue, reset_clients
@@ -304,7 +306,7 @@ def run_demo(env: dict[str, str], *, cap: int, worker_function: str, consumer_fu
     table, ok, facts = summarise(demo, burst, sent, drain_s, peak)
     console.print(table)
     if sent.refused:
-        console.print(f"[red]the API refused some requests:[/red] {json.dumps(sent.refused)[:500]}")
+        console.print(f"[red]the API refused some requests:[/red] {escape(json.dumps(sent.refused)[:500])}")
     if json_out is not None:
         json_out.write_text(json.dumps(facts, indent=2, default=str))
     console.print("[green]invariants hold[/green]" if ok else "[red]an invariant is broken[/red]")
@@ -348,7 +350,7 @@ def main(
     try:
         settings = load_settings("local")
     except SettingsError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     stack: LocalStack | None = None
     try:
@@ -372,8 +374,6 @@ def main(
             env = stack.start()
             worker, consumer = _function_names(settings)
         # boto3 in this process talks to the stack's servers.
-        import os
-
         for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_LAMBDA",
                     "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             if env.get(key):
@@ -387,7 +387,7 @@ def main(
         console.print("[yellow]interrupted: stopping what the demo started[/yellow]")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (LocalServiceError, DemoError, pymysql.MySQLError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(3) from None
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # nothing may cut the cleanup short
