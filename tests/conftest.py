@@ -19,6 +19,20 @@ import pymysql
 import pytest
 
 REGION = "us-east-1"
+# Lines a test wants shown at the end of the run (e.g. the fuzz counts), whatever -s says.
+_SUMMARY: list[str] = []
+
+
+@pytest.fixture
+def summary_lines() -> list[str]:
+    return _SUMMARY
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _SUMMARY:
+        terminalreporter.write_sep("=", "summary")
+        for line in _SUMMARY:
+            terminalreporter.write_line(line)
 
 
 def free_port() -> int:

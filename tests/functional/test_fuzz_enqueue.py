@@ -251,7 +251,8 @@ def expected_ids(body: bytes, reply: dict[str, Any]) -> set[str]:
             for i, row in enumerate(reply["items"]) if "message_id" in row}
 
 
-def test_fuzzed_requests_never_5xx_never_partial(enqueuer_on_fauxqs: tuple[Any, ChaosQueues]) -> None:
+def test_fuzzed_requests_never_5xx_never_partial(enqueuer_on_fauxqs: tuple[Any, ChaosQueues],
+                                                 summary_lines: list[str]) -> None:
     handler, queues = enqueuer_on_fauxqs
     validators = response_validators(load_openapi())
     ledger = Ledger(accepted=set())
@@ -285,8 +286,9 @@ def test_fuzzed_requests_never_5xx_never_partial(enqueuer_on_fauxqs: tuple[Any, 
         assert visible(queues) - start_depth == len(ledger.accepted)
 
     one_request()
-    print(f"\nfuzz: {sum(ledger.statuses.values())} requests, statuses {sorted(ledger.statuses.items())}, "
-          f"{len(ledger.accepted)} distinct items enqueued")
+    summary_lines.append(f"fuzz: {sum(ledger.statuses.values())} requests, statuses "
+                         f"{sorted(ledger.statuses.items())}, {len(ledger.accepted)} distinct items enqueued, "
+                         "0 responses 5xx, 0 partial enqueues")
     # The generator reached both sides: accepted bursts and every rejection class.
     assert ledger.statuses.get(202, 0) > 0
     assert ledger.statuses.get(400, 0) > 0
