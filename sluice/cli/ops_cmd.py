@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.console import Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -54,14 +56,16 @@ def render_status(s: Status) -> Group:
     workers.add_row("workers busy / cap", f"{busy} / {s.cap}{peak}")
     parts: list[Any] = [queues, workers]
     if s.drains:
-        drains = Table(title="last drains")
-        for name in ("at", "received", "done", "dup", "dead", "retried", "released", "throttled", "peak",
-                     "budget %", "stopped"):
-            drains.add_column(name)
+        # Short headers: the table must fit an 80-column terminal without truncating numbers.
+        drains = Table(title="last drains", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        for name in ("at", "recv", "done", "dup", "dead", "retry", "rel", "thr", "peak", "bud%", "stop"):
+            drains.add_column(name, no_wrap=True)
         for d in s.drains:
             fields = ("received", "succeeded", "duplicates", "dead_lettered", "retried", "released",
-                      "throttled", "peak_parallel", "budget_used_pct", "stopped_because")
-            drains.add_row(str(d.get("at", ""))[-12:], *(str(d.get(f, "")) for f in fields))
+                      "throttled", "peak_parallel", "budget_used_pct")
+            at = re.search(r"\d\d:\d\d:\d\d", str(d.get("at", "")))
+            stop = str(d.get("stopped_because", "")).replace("queue_empty", "empty")
+            drains.add_row(at.group(0) if at else "", *(str(d.get(f, "")) for f in fields), stop)
         parts.append(drains)
     parts += [f"[dim]{note}[/dim]" for note in s.notes]
     return Group(*parts)

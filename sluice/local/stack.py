@@ -132,6 +132,10 @@ class LocalStack:
                 f"a local stack is already running (pid {other['pid']}, API {other.get('api_url', '?')}): "
                 "use it, or stop it with `sluice local down`")
         self.local_dir.mkdir(parents=True, exist_ok=True)
+        # Logs belong to one run of the stack: `sluice status` reads the last drains from the
+        # consumer's log, and a previous run's drains there would pass for this one's.
+        for old_log in self.logs_dir.glob("*.log"):
+            old_log.unlink()
         try:
             self._start()
         except BaseException:
