@@ -242,11 +242,17 @@ class Drainer:
                 if short or len(pending) >= self.batch_size:
                     # Spread over every free slot: fauxqs (and SQS under load) hands out few
                     # messages per group, so one full batch would leave the other slots idle.
+                    rate_bound = False
                     for batch in pack_batches(pending, self.batch_size, free)[:free]:
                         if not self._time_for():
                             break
                         wait = self.bucket.reserve(len(batch))
                         if wait > 0:
+                            if not self._time_for(wait * 1000):
+                                # The rate cap would start this batch later than the budget
+                                # allows; nothing can be dispatched sooner, so stop now.
+                                rate_bound = True
+                                break
                             self._sleep(wait)
                         for message in batch:
                             pending.remove(message)
@@ -254,6 +260,9 @@ class Drainer:
                         report.dispatched += len(batch)
                         report.worker_batches += 1
                         report.peak_parallel = max(report.peak_parallel, len(in_flight))
+                    if rate_bound:
+                        report.stopped_because = "budget"
+                        break
         except AwsError as exc:
             report.stopped_because = f"sqs_error: {exc}"
             logger.error("drain stopped on an SQS error", extra={"error": str(exc)})

@@ -209,3 +209,23 @@ def test_a_receive_is_spread_over_every_free_slot(fifo_queues: Any) -> None:
     assert sorted(len(b) for b in worker.batches) == [2, 2, 2, 2]
     assert worker.peak == 4 and report.peak_parallel == 4
     assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
+
+
+def test_the_rate_cap_never_holds_a_batch_past_the_budget(fifo_queues: Any) -> None:
+    # GIVEN 30 items and a cap of 2 messages/s: after the first 10 (the burst) the next batch
+    # of 5 may start only 2.5 s later, past a 1.5 s budget
+    fill(fifo_queues, groups=10, per_group=3)
+    worker = WorkerStandIn(fifo_queues.sqs)
+    started = time.monotonic()
+    # WHEN drained with 2 slots
+    report = drainer(fifo_queues, worker, budget_ms=1500, slots=2, max_rate=2).run()
+    elapsed_ms = (time.monotonic() - started) * 1000
+    # THEN it stopped for its budget instead of waiting for tokens past it
+    assert report.stopped_because == "budget"
+    assert elapsed_ms < 1500
+    assert report.used_ms <= report.budget_ms
+    # AND it holds nothing undispatched: every message is done or visible again
+    visible, in_flight = depth(fifo_queues.sqs, fifo_queues.url)
+    assert in_flight == 0
+    assert visible + report.succeeded == 30
+    assert report.received == report.dispatched + report.released
