@@ -115,8 +115,15 @@ def redrive(
             console.print(f"  {x.task} {x.key} (group {x.group}): {x.reason}")
         for x, error in report.failed:
             console.print(f"  [red]failed[/red] {x.task} {x.key}: {error}")
+        if report.not_seen:
+            console.print(f"{report.not_seen} more dead letter(s) not examined: queued behind a message of "
+                          "their FIFO group that stays in the DLQ (redrive those ahead first, or --all)")
     if report.failed:
         raise typer.Exit(EXIT_FAILED)
+    if key is not None and not report.redriven:
+        where = (f"; {report.not_seen} dead letter(s) are hidden behind others of their FIFO group"
+                 if report.not_seen else "")
+        raise CliError(f"no dead letter with key {key!r} was reachable{where}", EXIT_FAILED)
 
 
 @dlq_app.command("purge")

@@ -169,6 +169,8 @@ class RedriveReport:
     redriven: list[DeadLetter] = field(default_factory=list)
     skipped: int = 0
     failed: list[tuple[DeadLetter, str]] = field(default_factory=list)
+    # Dead letters never received: queued behind a held (not moved) message of their FIFO group.
+    not_seen: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,6 +178,7 @@ class RedriveReport:
             "redriven" if not self.dry_run else "would_redrive": [x.to_dict() for x in self.redriven],
             "count": len(self.redriven),
             "skipped": self.skipped,
+            "not_seen": self.not_seen,
             "failed": [{**x.to_dict(), "error": e} for x, e in self.failed],
         }
 
@@ -205,6 +208,7 @@ def redrive(dlq: Queue, source: Queue, chosen: Selector, *, dry_run: bool = Fals
     held: list[ReceivedMessage] = []  # received, not moved: released at the end
     seen: set[str] = set()
     empties = 0
+    undeleted = 0  # re-sent, but the DLQ delete failed: still in flight there
     try:
         while empties < empty_receives and (limit is None or len(report.redriven) < limit):
             batch = [m for m in dlq.receive(max_messages=10, wait_s=0, visibility_s=REDRIVE_VISIBILITY_S)
@@ -235,8 +239,12 @@ def redrive(dlq: Queue, source: Queue, chosen: Selector, *, dry_run: bool = Fals
                 except AwsError as exc:
                     note = "re-sent but not deleted from the DLQ (a redrive within 5 min is deduplicated)"
                     report.failed.append((letter, f"{note}: {exc}"))
+                    undeleted += 1
                     continue
                 report.redriven.append(letter)
+        # Counted while the held ones are still in flight: what the DLQ holds beyond them was never
+        # received, so the selection could not be checked against it.
+        report.not_seen = max(0, depth(dlq) - len(held) - undeleted)
     finally:
         if held:
             dlq.release(m.receipt_handle for m in held)

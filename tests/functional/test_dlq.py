@@ -191,3 +191,30 @@ def test_a_stopped_local_stack_is_a_clear_unavailable_error(tmp_path: Path,
     # THEN it exits 3 telling how to start it
     assert result.exit_code == 3
     assert "sluice local up" in result.output
+
+
+def test_redrive_says_when_dead_letters_are_hidden_behind_their_group(
+        fifo_queues: FifoQueues, db: Database, local_env: Path) -> None:
+    # GIVEN 11 dead letters of ONE FIFO group: a receive returns at most 10, and the 11th cannot be
+    # received while those ahead of it in the group are held (on every SQS, whatever it returns per group)
+    tag = uuid.uuid4().hex[:8]
+    customer = f"ghost-{tag}"
+    keys = [f"INV-{tag}-{n:02d}" for n in range(11)]
+    items = [{"task": "invoice.record", "key": k, "group": customer,
+              "payload": {"customer": customer, "amount_cents": 100, "currency": "EUR"}} for k in keys]
+    assert Enqueuer(Queue(fifo_queues.url)).enqueue({"items": items}).status_code == 202
+    assert run_worker(fifo_queues, db) == ["dead_lettered"] * 11
+    runner = CliRunner()
+    # WHEN a dry run of --all and a redrive of the last key run
+    dry = runner.invoke(app, ["dlq", "redrive", "--all", "--dry-run", "--stage", "local", "--json"])
+    by_key = runner.invoke(app, ["dlq", "redrive", "--key", keys[-1], "--stage", "local"])
+    # THEN the dry run counts the hidden one instead of implying the DLQ holds only what it saw
+    assert dry.exit_code == 0, dry.output
+    body = json.loads(dry.stdout)
+    assert body["count"] == 10 and body["not_seen"] == 1
+    # AND the redrive of the hidden key is a problem found (exit 1) that says why, not a silent 0
+    assert by_key.exit_code == 1, by_key.output
+    assert "behind" in by_key.output and "Traceback" not in by_key.output
+    # AND nothing moved
+    assert dead_letters.depth(Queue(fifo_queues.dlq_url)) == 11
+    assert dead_letters.depth(Queue(fifo_queues.url)) == 0
