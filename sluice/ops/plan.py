@@ -83,6 +83,11 @@ class PlanInputs:
             (0 <= self.dead_letter_rate <= 1, "--dead-letter-rate must be within 0..1"),
             (self.within_hours > 0, "--within-hours must be above 0"),
             (0 < self.payload_kb <= 256, "--payload-kb must be within 0..256 (the SQS message limit)"),
+            (self.invoke_overhead_ms >= 0, "--invoke-overhead-ms must be at least 0"),
+            # Limits divide: zero would be a division by zero or an "inf%" verdict.
+            (self.fifo_tps >= 1, "--fifo-tps must be at least 1"),
+            (self.account_concurrency >= 1, "--account-concurrency must be at least 1"),
+            (self.db_max_connections >= 1, "--db-max-connections must be at least 1"),
             (self.consumer_timeout_s * 1000 > self.safety_margin_ms,
              "the consumer timeout must exceed its safety margin"),
         ]

@@ -112,3 +112,20 @@ def test_bad_inputs_are_refused_with_the_reason() -> None:
     assert result.exit_code == 2
     assert "--items-per-day must be at least 1" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("flags", "reason"), [
+    (["--fifo-tps", "0"], "--fifo-tps must be at least 1"),
+    (["--account-concurrency", "0"], "--account-concurrency must be at least 1"),
+    (["--db-max-connections", "-1"], "--db-max-connections must be at least 1"),
+    (["--invoke-overhead-ms", "-50"], "--invoke-overhead-ms must be at least 0"),
+])
+def test_limits_and_overhead_out_of_range_are_usage_errors(flags: list[str], reason: str) -> None:
+    # GIVEN a limit of zero (a division by zero, or an "inf%" verdict) or a negative latency
+    # WHEN the plan is asked for
+    result = CliRunner().invoke(app, ["plan", "--items-per-day", "10", "--worker-ms", "5", *flags,
+                                      "--stage", "dev"])
+    # THEN it is a one-line usage error naming the flag, exit 2, no traceback
+    assert result.exit_code == 2, result.output
+    assert reason in result.output
+    assert "Traceback" not in result.output
