@@ -300,7 +300,10 @@ class Drainer:
                 backoff_s: float) -> float:
         """Account for one finished invocation; returns the throttle backoff to apply next."""
         if outcome.kind == "throttled":
+            # Never ran: its messages are counted as released, so not as dispatched too.
             report.throttled += 1
+            report.dispatched -= len(batch)
+            report.worker_batches -= 1
             logger.warning("worker throttled; releasing its messages", extra={"messages": len(batch)})
             self._release(batch, report)
             return min(self.max_throttle_backoff_s, max(self.throttle_backoff_s, backoff_s * 2))

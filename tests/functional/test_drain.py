@@ -229,3 +229,34 @@ def test_the_rate_cap_never_holds_a_batch_past_the_budget(fifo_queues: Any) -> N
     assert in_flight == 0
     assert visible + report.succeeded == 30
     assert report.received == report.dispatched + report.released
+
+
+class SlowThrottleOnSecondCall(WorkerStandIn):
+    """The second invoke is refused with a 429 only after 0.5 s (a throttle still in flight)."""
+
+    def invoke(self, FunctionName: str, InvocationType: str, Payload: bytes) -> dict[str, Any]:  # noqa: N803
+        with self.lock:
+            slow_throttle = self.calls == 1
+            if slow_throttle:
+                self.calls += 1
+        if slow_throttle:
+            time.sleep(0.5)  # the invoke's own latency, not a wait for something
+            raise ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "Rate Exceeded"},
+                               "ResponseMetadata": {"HTTPStatusCode": 429}}, "Invoke")
+        return super().invoke(FunctionName, InvocationType, Payload)
+
+
+def test_a_throttle_settled_at_return_counts_as_released_not_dispatched(fifo_queues: Any) -> None:
+    # GIVEN 20 items in 20 groups, 2 slots, a cap of 2 messages/s (so the drain stops, rate
+    # bound, right after its first receive is dispatched) and a second invoke whose 429 comes
+    # back only after the drain has stopped
+    fill(fifo_queues, groups=20, per_group=1)
+    worker = SlowThrottleOnSecondCall(fifo_queues.sqs, work_s=0.1)
+    # WHEN drained
+    report = drainer(fifo_queues, worker, budget_ms=3000, slots=2, max_rate=2).run()
+    # THEN the throttled batch is counted as released, not as dispatched as well
+    assert report.throttled == 1 and report.succeeded == 5
+    assert report.received == report.dispatched + report.released
+    assert report.dispatched == report.succeeded == report.worker_batches * 5
+    visible, in_flight = depth(fifo_queues.sqs, fifo_queues.url)
+    assert in_flight == 0 and visible == 15
