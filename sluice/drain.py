@@ -36,6 +36,8 @@ from sluice.ratelimit import TokenBucket
 from sluice.settings import RuntimeConfig
 
 OUTCOMES = ("done", "duplicate", "dead_lettered", "retry")
+# Time kept to settle, log the report and return once the drain stops waiting for workers.
+RETURN_RESERVE_MS = 500
 
 
 @dataclass
@@ -56,6 +58,7 @@ class DrainReport:
     worker_batches: int = 0
     predicted_batch_ms: int = 0
     stopped_because: str = ""
+    unfinished: int = 0  # messages whose worker was still running when the drain had to return
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +173,10 @@ class Drainer:
         )
 
     # -- time ---------------------------------------------------------------------------
+    def _until_return_s(self) -> float:
+        """Seconds this drain may still block before it must wrap up and return."""
+        return max(0.0, (self.remaining_ms() - RETURN_RESERVE_MS) / 1000)
+
     def _time_for(self, extra_ms: float = 0) -> bool:
         """Is there time to start one more batch (after ``extra_ms`` of long polling)?"""
         return self.remaining_ms() > self.budget.predict_ms() + self.safety_margin_ms + extra_ms
@@ -218,7 +225,7 @@ class Drainer:
                     continue
                 free = slot_limit - len(in_flight)
                 if free <= 0:
-                    self._wait_any(in_flight, None)
+                    self._wait_any(in_flight, self._until_return_s())
                     continue
                 room = self.batch_size * free - len(pending)
                 short = room <= 0
@@ -237,7 +244,7 @@ class Drainer:
                             report.stopped_because = "queue_empty"
                             break
                         # Groups held by running workers stay hidden until they finish.
-                        self._wait_any(in_flight, None)
+                        self._wait_any(in_flight, self._until_return_s())
                         continue
                 if short or len(pending) >= self.batch_size:
                     # Spread over every free slot: fauxqs (and SQS under load) hands out few
@@ -246,14 +253,14 @@ class Drainer:
                     for batch in pack_batches(pending, self.batch_size, free)[:free]:
                         if not self._time_for():
                             break
-                        wait = self.bucket.reserve(len(batch))
-                        if wait > 0:
-                            if not self._time_for(wait * 1000):
+                        token_wait_s = self.bucket.reserve(len(batch))
+                        if token_wait_s > 0:
+                            if not self._time_for(token_wait_s * 1000):
                                 # The rate cap would start this batch later than the budget
                                 # allows; nothing can be dispatched sooner, so stop now.
                                 rate_bound = True
                                 break
-                            self._sleep(wait)
+                            self._sleep(token_wait_s)
                         for message in batch:
                             pending.remove(message)
                         in_flight[pool.submit(self._invoke, batch, arn)] = batch
@@ -267,11 +274,20 @@ class Drainer:
             report.stopped_because = f"sqs_error: {exc}"
             logger.error("drain stopped on an SQS error", extra={"error": str(exc)})
         finally:
-            # Invariant: hold nothing undispatched; then wait for the workers we started.
+            # Invariant: hold nothing undispatched; then wait for the workers we started, but
+            # never past our own deadline. A worker still running then (it hangs, or the
+            # prediction was beaten) goes on as its own invocation: it applies, deletes or hands
+            # back its messages itself, and its reserved concurrency still bounds the cap. A
+            # consumer killed by its timeout would only lose its report.
             self._release(pending, report)
-            for future, batch in list(in_flight.items()):
-                self._settle(future.result(), batch, report, 0.0)
-            pool.shutdown(wait=True)
+            finished, running = wait(list(in_flight), timeout=self._until_return_s()) if in_flight else ((), ())
+            for future in finished:
+                self._settle(future.result(), in_flight[future], report, 0.0)
+            report.unfinished = sum(len(in_flight[future]) for future in running)
+            if running:
+                logger.warning("returning while workers still run; they finish on their own",
+                               extra={"messages": report.unfinished})
+            pool.shutdown(wait=False, cancel_futures=True)
             report.used_ms = int((self._clock() - started) * 1000)
             if report.budget_ms:
                 report.budget_used_pct = round(100 * report.used_ms / report.budget_ms, 1)

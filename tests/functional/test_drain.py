@@ -18,7 +18,7 @@ from sluice.budget import BatchBudget
 from sluice.drain import Drainer
 from sluice.enqueue import Enqueuer
 from sluice.envelope import Envelope
-from tests.helpers import depth
+from tests.helpers import depth, eventually
 
 pytestmark = pytest.mark.functional
 
@@ -260,3 +260,19 @@ def test_a_throttle_settled_at_return_counts_as_released_not_dispatched(fifo_que
     assert report.dispatched == report.succeeded == report.worker_batches * 5
     visible, in_flight = depth(fifo_queues.sqs, fifo_queues.url)
     assert in_flight == 0 and visible == 15
+
+
+def test_a_hung_worker_never_keeps_the_drain_past_its_budget(fifo_queues: Any) -> None:
+    # GIVEN a worker that takes far longer than its recent history predicts (a hang)
+    fill(fifo_queues, groups=1, per_group=2)
+    worker = WorkerStandIn(fifo_queues.sqs, work_s=4.0)
+    # WHEN a drain with a 2 s budget dispatches to it, predicting 100 ms batches
+    report = drainer(fifo_queues, worker, slots=1, budget_ms=2000, safety_margin_ms=300,
+                     budget=BatchBudget(5000, prior_ms=100)).run()
+    # THEN the drain returned inside its budget instead of waiting the worker out
+    assert report.used_ms < report.budget_ms
+    assert report.dispatched == 2 and report.unfinished == 2 and report.succeeded == 0
+    # AND the worker, running on as its own invocation, still applied and deleted its batch
+    assert eventually(lambda: sum(len(k) for k in worker.applied.values()) == 2 or None, 10,
+                      "the hung worker to finish on its own")
+    assert eventually(lambda: depth(fifo_queues.sqs, fifo_queues.url) == (0, 0) or None, 10, "the queue to be empty")
