@@ -168,8 +168,18 @@ def _work_records(records: list[SQSRecord], results: list[dict[str, Any]], batch
         try:
             if group in halted:
                 # An earlier item of this group is waiting: applying this one now would break order.
-                _push_out(queue, record, halted[group], deletions)
-                outcome = RETRY
+                receive_count = int(record.attributes.approximate_receive_count or 1)
+                if receive_count >= max_receive_count:
+                    # Each hold-back cost it a receive; SQS would move it on the next one with no
+                    # reason attached, so it goes now, with one.
+                    outcome, _ = _dead_letter(
+                        record, dlq, queue, deletions, "retries_exhausted",
+                        f"held back {receive_count} times behind an earlier item of group {group!r} "
+                        "that kept failing", receive_count, record.attributes.message_deduplication_id or "",
+                        backoff)
+                else:
+                    _push_out(queue, record, halted[group], deletions)
+                    outcome = RETRY
             else:
                 outcome, delay = _handle(record, batch, deletions, db=db, queue=queue, dlq=dlq,
                                          max_receive_count=max_receive_count, backoff=backoff)

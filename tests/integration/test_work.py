@@ -233,6 +233,29 @@ def test_a_transient_failure_on_the_last_allowed_receive_dead_letters_with_the_r
     assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
 
 
+def test_an_item_held_back_on_its_last_allowed_receive_dead_letters_with_a_reason(
+        fifo_queues: FifoQueues, unreachable_db: Database) -> None:
+    # GIVEN two items of one group; the first fails transiently, the second is on its last allowed
+    # receive (it was held back behind the first on earlier receives)
+    prefix = f"HB-{uuid.uuid4().hex[:8]}-"
+    send(fifo_queues, f"{prefix}1", invoice(), group="held")
+    send(fifo_queues, f"{prefix}2", invoice(), group="held")
+    event = receive_event(fifo_queues, 2)
+    event["Records"][1]["attributes"]["ApproximateReceiveCount"] = "3"
+
+    # WHEN the worker runs with the database down
+    result = run(event, fifo_queues, unreachable_db, max_receive_count=3)
+
+    # THEN the first waits for a retry, and the second goes to the DLQ now, with a reason, instead of
+    # SQS moving it on its next receive without one
+    assert outcomes(result) == ["retry", "dead_lettered"]
+    [letter] = dead_letters(fifo_queues, 1)
+    attributes = {k: v["StringValue"] for k, v in letter["MessageAttributes"].items()}
+    assert attributes["sluice_error_type"] == "retries_exhausted"
+    assert "held back 3 times" in attributes["sluice_error"]
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 1)
+
+
 def test_a_transient_failure_holds_back_the_rest_of_its_group_only(fifo_queues: FifoQueues, db: Database,
                                                                    database_url: str) -> None:
     # GIVEN three ordered items in group "hooli" and one in group "umbrella"; another session holds the
