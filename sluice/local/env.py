@@ -34,6 +34,11 @@ LOCAL_ENV_KEYS: tuple[str, ...] = (
     *ENDPOINT_ENV_KEYS,
     "SLUICE_API_URL",
     "DATABASE_URL",
+    # The mysql/mariadb client reads these (DATABASE_URL is for code); with them,
+    # `mysql -u <user> <database>` reaches the stack's database.
+    "MYSQL_HOST",
+    "MYSQL_TCP_PORT",
+    "MYSQL_PWD",
     "SLUICE_QUEUE_URL",
     "SLUICE_DLQ_URL",
     "SLUICE_LAMBDA_STATS_URL",

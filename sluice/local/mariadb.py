@@ -54,6 +54,13 @@ class DatabaseUrl:
             database=parts.path.lstrip("/"),
         )
 
+    def client_env(self) -> dict[str, str]:
+        """What the mysql/mariadb command-line client reads from its environment."""
+        env = {"MYSQL_HOST": self.host, "MYSQL_TCP_PORT": str(self.port)}
+        if self.password:
+            env["MYSQL_PWD"] = self.password
+        return env
+
     def with_database(self, database: str) -> DatabaseUrl:
         return DatabaseUrl(self.user, self.password, self.host, self.port, database)
 

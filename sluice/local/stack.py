@@ -30,7 +30,7 @@ from sluice.local.env import (
 from sluice.local.fauxqs import FauxqsServer
 from sluice.local.http_api import HttpApi, lambda_invoker
 from sluice.local.lambda_service import FunctionDefinition, LambdaService, LambdaServiceError
-from sluice.local.mariadb import LocalDatabase, find_database
+from sluice.local.mariadb import DatabaseUrl, LocalDatabase, find_database
 from sluice.local.moto_server import MotoServer
 from sluice.local.processes import LocalServiceError, choose_port
 from sluice.local.resources import QueueUrls, create_db_secret, create_queues
@@ -216,6 +216,7 @@ class LocalStack:
             "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
             "SLUICE_API_URL": api_url,
             "DATABASE_URL": self.database.url,
+            **DatabaseUrl.parse(self.database.url).client_env(),
             "SLUICE_QUEUE_URL": self.queues.url,
             "SLUICE_DLQ_URL": self.queues.dlq_url,
             "SLUICE_LAMBDA_STATS_URL": f"{lambda_url}/sluice/stats",

@@ -105,6 +105,12 @@ def test_ctrl_c_stops_the_foreground_stack_and_every_process_it_started(
         with urllib.request.urlopen(request, timeout=30) as reply:
             assert reply.status == 202
 
+        # AND the mysql client reaches the stack's database from local.env alone
+        assert (env["MYSQL_HOST"], env["MYSQL_TCP_PORT"]) == ("127.0.0.1", "3306")
+        client = subprocess.run(["mariadb", "-u", "root", "-N", "-e", "SELECT COUNT(*) FROM customers",
+                                 scratch_database_url.rsplit("/", 1)[1]],
+                                env={**os.environ, **env}, capture_output=True, text=True, timeout=30)
+        assert client.returncode == 0 and int(client.stdout) >= 1, client.stderr
         poll(lambda: len(function_pids(env)) >= 2, 20, "enqueuer and consumer processes running")
         groups = process_groups(local_dir, env)
         assert len(groups) >= 4 and all(group_alive(g) for g in groups)
