@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -58,3 +59,20 @@ def depth(sqs: Any, url: str) -> tuple[int, int]:
     """(visible, in flight) messages of the queue at ``url``, read through the client ``sqs``."""
     counts = queue_counts(Queue(url, sqs=sqs))
     return counts.visible, counts.in_flight
+
+
+class SteppedClock:
+    """Time that moves only when someone sleeps (or a test sets ``now``): rate arithmetic
+    checked without waiting. Callable as a clock; ``sleep`` is its matching sleep."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds

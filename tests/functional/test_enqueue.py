@@ -13,6 +13,7 @@ import pytest
 from sluice.aws import Queue
 from sluice.enqueue import Enqueuer, EnqueueRequestError
 from tests.fixtures.events import http_api_event
+from tests.helpers import SteppedClock
 
 pytestmark = pytest.mark.functional
 
@@ -269,22 +270,6 @@ def test_unreachable_queue_is_503(handler: Any, monkeypatch: pytest.MonkeyPatch)
     # THEN 503 with the reason
     assert response["statusCode"] == 503
     assert "not enqueued" in response["error"] or "unavailable" in response["error"]
-
-
-class SteppedClock:
-    """Time that moves only when someone sleeps: the rate arithmetic without waiting."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
 
 
 def most_in_any_window(times: list[float], window_s: float = 1.0) -> int:

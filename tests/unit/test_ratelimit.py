@@ -7,29 +7,14 @@ import threading
 import pytest
 
 from sluice.ratelimit import CallWindow, RateLimitError, TokenBucket
+from tests.helpers import SteppedClock
 
 pytestmark = pytest.mark.unit
 
 
-class FakeClock:
-    """Time that moves only when the bucket sleeps (or the test advances it)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
-
-
 def test_burst_is_free_then_calls_are_spaced_at_the_rate() -> None:
     # GIVEN 10/s with a burst of 5
-    clock = FakeClock()
+    clock = SteppedClock()
     bucket = TokenBucket(10, 5, clock=clock, sleep=clock.sleep)
     # WHEN 25 tokens are acquired one by one
     waits = [bucket.acquire() for _ in range(25)]
@@ -41,7 +26,7 @@ def test_burst_is_free_then_calls_are_spaced_at_the_rate() -> None:
 
 def test_rate_holds_over_any_window() -> None:
     # GIVEN 300 calls/s with a burst of 300 (the enqueuer's setting)
-    clock = FakeClock()
+    clock = SteppedClock()
     bucket = TokenBucket(300, 300, clock=clock, sleep=clock.sleep)
     # WHEN 1,500 calls are made
     times = []
@@ -57,7 +42,7 @@ def test_rate_holds_over_any_window() -> None:
 
 def test_large_amounts_wait_proportionally() -> None:
     # GIVEN 20 messages/s and a burst of 10
-    clock = FakeClock()
+    clock = SteppedClock()
     bucket = TokenBucket(20, 10, clock=clock, sleep=clock.sleep)
     # WHEN two batches of 10 are reserved / THEN the second waits 0.5 s
     assert bucket.acquire(10) == 0.0
@@ -66,7 +51,7 @@ def test_large_amounts_wait_proportionally() -> None:
 
 def test_tokens_refill_with_time_but_not_above_burst() -> None:
     # GIVEN an empty bucket
-    clock = FakeClock()
+    clock = SteppedClock()
     bucket = TokenBucket(5, 2, clock=clock, sleep=clock.sleep)
     assert bucket.try_acquire(2)
     assert not bucket.try_acquire(1)
@@ -110,7 +95,7 @@ def most_in_any_window(times: list[float], window_s: float = 1.0) -> int:
 
 def test_call_window_never_exceeds_its_limit_in_any_window_and_spaces_calls() -> None:
     # GIVEN at most 50 calls in any second, on a clock that moves only by sleeping
-    clock = FakeClock()
+    clock = SteppedClock()
     window = CallWindow(50, 1.0, clock=clock, sleep=clock.sleep)
     # WHEN 400 instant calls are made one after another
     starts = []
@@ -127,7 +112,7 @@ def test_call_window_never_exceeds_its_limit_in_any_window_and_spaces_calls() ->
 def test_call_window_counts_a_call_until_a_window_after_it_finished() -> None:
     # GIVEN 2 calls per second, and calls that take 0.7 s each (the server may count a call
     # anywhere between its start and its end)
-    clock = FakeClock()
+    clock = SteppedClock()
     window = CallWindow(2, 1.0, clock=clock, sleep=clock.sleep)
     spans = []
     # WHEN 6 such calls are made
@@ -145,7 +130,7 @@ def test_call_window_counts_a_call_until_a_window_after_it_finished() -> None:
 
 def test_call_window_threads_share_the_limit() -> None:
     # GIVEN 8 threads making 25 calls each through a 40-per-second window on one stepped clock
-    clock = FakeClock()
+    clock = SteppedClock()
     window = CallWindow(40, 1.0, clock=clock, sleep=clock.sleep)
     starts: list[float] = []
     lock = threading.Lock()
