@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -234,9 +238,24 @@ def test_package_holds_the_runtime_code_and_dependencies_only(dev: Packaged) -> 
     # ... built for Lambda's Python (cp312, x86_64), not for this machine
     assert any(n.startswith("pydantic_core/_pydantic_core.cpython-312-x86_64-linux-gnu") for n in names)
     # ... and nothing of the CLI, the local stack, tests or tooling
-    assert not any(n.startswith(("sluice/cli/", "sluice/local/", "tests/", ".sluice/", "node_modules/"))
-                   for n in names)
+    assert not any(n.startswith(("sluice/cli/", "sluice/local/", "sluice/chaos/", "sluice/ops/", "tests/",
+                                 ".sluice/", "node_modules/", "bench/", "docs/")) for n in names)
+    assert "sluice/stage.py" not in names and "sluice/demo.py" not in names
     assert "serverless.yml" not in names and "pyproject.toml" not in names
+
+
+def test_every_handler_imports_from_the_package_alone(dev: Packaged, tmp_path: Path) -> None:
+    # GIVEN the deployment zip unpacked, as Lambda's task root would hold it
+    with zipfile.ZipFile(dev.directory / "sluice.zip") as archive:
+        archive.extractall(tmp_path)
+    # WHEN each handler is imported with only the package and the standard library on the path
+    # (-S: no site-packages of this machine), as the python3.12 runtime would
+    handlers = sorted(spec.module for spec in function_table(dev.settings).values())
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); " + "; ".join(f"import {m}" for m in handlers)
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"PATH": os.environ.get("PATH", "")})
+    # THEN nothing the handlers need is missing from the package
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_lambda_requirements_equal_the_project_dependencies() -> None:
