@@ -209,29 +209,24 @@ class Queue:
 
     def delete_batch(self, receipt_handles: Sequence[str]) -> list[str]:
         """DeleteMessageBatch in tens; returns the handles SQS refused (the rest are deleted)."""
-        handles = list(receipt_handles)
-        refused: list[str] = []
-        for start in range(0, len(handles), 10):
-            chunk = handles[start:start + 10]
-            reply = self._call(
-                "delete_message_batch",
-                Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(chunk)],
-            )
-            refused += [chunk[int(f["Id"])] for f in reply.get("Failed", [])]
-        return refused
+        return self._in_tens("delete_message_batch", receipt_handles, {})
 
     def change_visibility(self, receipt_handle: str, seconds: int) -> None:
         self._call("change_message_visibility", ReceiptHandle=receipt_handle, VisibilityTimeout=seconds)
 
     def release(self, receipt_handles: Iterable[str]) -> list[str]:
         """Make messages visible again at once; returns the handles SQS refused."""
+        return self._in_tens("change_message_visibility_batch", receipt_handles, {"VisibilityTimeout": 0})
+
+    def _in_tens(self, operation: str, receipt_handles: Iterable[str], extra: dict[str, Any]) -> list[str]:
+        """One batch operation on many receipt handles, ten per call (SQS's batch limit);
+        returns the handles SQS refused."""
         handles = list(receipt_handles)
         refused: list[str] = []
         for start in range(0, len(handles), 10):
             chunk = handles[start:start + 10]
             reply = self._call(
-                "change_message_visibility_batch",
-                Entries=[{"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0} for i, h in enumerate(chunk)],
+                operation, Entries=[{"Id": str(i), "ReceiptHandle": h, **extra} for i, h in enumerate(chunk)]
             )
             refused += [chunk[int(f["Id"])] for f in reply.get("Failed", [])]
         return refused
