@@ -17,6 +17,20 @@ def message(n: int, group: str) -> ReceivedMessage:
                            receive_count=1, sent_timestamp_ms=0, attributes={}, message_attributes={})
 
 
+def assert_groups_kept_whole(msgs: list[ReceivedMessage], batches: list[list[ReceivedMessage]],
+                             batch_size: int) -> None:
+    """Every message in exactly one batch; each group's run in one batch, in receive order; no
+    batch above batch_size unless it is one group's run alone."""
+    assert sorted(m.message_id for b in batches for m in b) == sorted(m.message_id for m in msgs)
+    for g in {m.group_id for m in msgs}:
+        holding = [b for b in batches if any(m.group_id == g for m in b)]
+        assert len(holding) == 1
+        assert [m.message_id for m in holding[0] if m.group_id == g] == [m.message_id for m in msgs
+                                                                           if m.group_id == g]
+    for b in batches:
+        assert len(b) <= batch_size or len({m.group_id for m in b}) == 1
+
+
 def test_groups_share_a_batch_up_to_its_size() -> None:
     # GIVEN 3 messages of group a, 4 of b, 5 of c, batch size 8
     msgs = [message(i, g) for i, g in enumerate("aaabbbbccccc")]
@@ -30,17 +44,8 @@ def test_no_group_is_split_order_kept_and_nothing_lost(groups: list[str], batch_
     # GIVEN any receive of up to 10 messages / WHEN packed
     msgs = [message(i, g) for i, g in enumerate(groups)]
     batches = pack_batches(msgs, batch_size)
-    # THEN every message is in exactly one batch
-    assert sorted(m.message_id for b in batches for m in b) == sorted(m.message_id for m in msgs)
-    # AND each group lives in one batch, in receive order
-    for g in set(groups):
-        holding = [b for b in batches if any(m.group_id == g for m in b)]
-        assert len(holding) == 1
-        assert [m.message_id for m in holding[0] if m.group_id == g] == [m.message_id for m in msgs
-                                                                           if m.group_id == g]
-    # AND a batch exceeds batch_size only when a single group's run alone does
-    for b in batches:
-        assert len(b) <= batch_size or len({m.group_id for m in b}) == 1
+    # THEN every message is in one batch, each group whole and in receive order, batches within size
+    assert_groups_kept_whole(msgs, batches, batch_size)
 
 
 def test_report_is_json_ready() -> None:
@@ -74,16 +79,8 @@ def test_spread_packing_keeps_groups_whole_and_fits_the_slots(groups: list[str],
     # GIVEN any receive of up to 10 messages / WHEN packed for ``free`` slots
     msgs = [message(i, g) for i, g in enumerate(groups)]
     batches = pack_batches(msgs, batch_size, free_slots=free)
-    # THEN nothing is lost, each group lives in one batch in receive order
-    assert sorted(m.message_id for b in batches for m in b) == sorted(m.message_id for m in msgs)
-    for g in set(groups):
-        holding = [b for b in batches if any(m.group_id == g for m in b)]
-        assert len(holding) == 1
-        assert [m.message_id for m in holding[0] if m.group_id == g] == [m.message_id for m in msgs
-                                                                           if m.group_id == g]
-    # AND no batch is above batch_size unless it is one group's run alone
-    for b in batches:
-        assert len(b) <= batch_size or len({m.group_id for m in b}) == 1
+    # THEN nothing is lost, each group lives in one batch in receive order, batches within size
+    assert_groups_kept_whole(msgs, batches, batch_size)
     # AND the batches fit the free slots whenever full-size batches would
     if len(pack_batches(msgs, batch_size)) <= free:
         assert len(batches) <= free
