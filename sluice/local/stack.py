@@ -51,11 +51,14 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie still answers kill(0); it is not running.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-            return False
-    return True
+    # A zombie still answers kill(0); it is not running. The process can also be reaped
+    # between kill(0) and the read, which then fails with ESRCH or ENOENT.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError, IndexError):
+        return False
+    except OSError:
+        return True  # no /proc to ask: kill(0) already said it exists
 
 
 def read_state(local_dir: Path = LOCAL_DIR) -> dict[str, Any] | None:

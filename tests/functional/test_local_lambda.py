@@ -20,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from sluice.local.lambda_service import FunctionDefinition, LambdaService, LambdaServiceError
+from sluice.local.stack import pid_alive
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.functional
@@ -45,14 +46,6 @@ FUNCTIONS = [
 
 def wait_for(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
     return eventually(check, timeout_s, what, poll_s=0.02)
-
-
-def pid_exists(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"  # a zombie has already died; only its exit status is left
 
 
 def lambda_client(url: str) -> Any:
@@ -137,7 +130,7 @@ def test_timeout_kills_the_process_and_the_next_invoke_works(service: LambdaServ
     assert body["errorType"] == "Sandbox.Timedout"
     assert body["errorMessage"].endswith("Task timed out after 1.00 seconds")
     assert 0.9 < elapsed < 4
-    wait_for(lambda: not pid_exists(warm["pid"]), what="timed-out process to exit")
+    wait_for(lambda: not pid_alive(warm["pid"]), what="timed-out process to exit")
     # AND the next invoke succeeds in a fresh process
     reply, body = invoke(lam, "slow", {"seconds": 0})
     assert "FunctionError" not in reply and body["pid"] != warm["pid"]
@@ -246,7 +239,7 @@ def test_stop_leaves_no_function_processes(tmp_path: Path) -> None:
     # WHEN it stops
     svc.stop()
     # THEN every function process is gone
-    assert not [pid for pid in pids if pid_exists(pid)]
+    assert not [pid for pid in pids if pid_alive(pid)]
 
 
 def test_module_entry_serves_and_cleans_up_on_sigterm(tmp_path: Path) -> None:
@@ -265,7 +258,7 @@ def test_module_entry_serves_and_cleans_up_on_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         # THEN it exits cleanly, takes its function process with it, and the function logged to its file
         assert proc.wait(timeout=10) == 0
-        assert not pid_exists(body["pid"])
+        assert not pid_alive(body["pid"])
         log = (tmp_path / "logs" / "echo.log").read_text()
         assert "echo handling {'via': 'module'}" in log and "REPORT RequestId" in log
     finally:
