@@ -302,6 +302,8 @@ def run_demo(env: dict[str, str], *, cap: int, worker_function: str, consumer_fu
                 break
             time.sleep(refresh_s)
         drain_s = time.monotonic() - started
+    if not console.is_terminal:
+        console.line()  # off a terminal, Live leaves its last frame without a line end
     peak = demo.snapshot(burst.run).peak
     table, ok, facts = summarise(demo, burst, sent, drain_s, peak)
     console.print(table)

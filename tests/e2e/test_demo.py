@@ -29,6 +29,8 @@ def test_demo_smoke_run_exits_0_with_invariants_from_the_database(tmp_path: Path
             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240)
         # THEN it exits 0, and its summary (read from the database and the queues) holds the invariants
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        # AND off a terminal the summary starts on a line of its own, not after the live frame
+        assert any(line.strip().startswith("sluice demo summary") for line in done.stdout.splitlines())
         facts = json.loads(summary.read_text())
         assert facts["processed"] == 197 and facts["ledger_rows"] == 197
         assert facts["dead_lettered"] == 3 and facts["duplicates"] == 0 and facts["lost"] == 0
