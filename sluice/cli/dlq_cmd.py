@@ -115,7 +115,12 @@ def redrive(
             console.print(f"  {x.task} {x.key} (group {x.group}): {x.reason}")
         for x, error in report.failed:
             console.print(f"  [red]failed[/red] {x.task} {x.key}: {error}")
-        if report.not_seen:
+        if report.not_seen and dry_run:
+            # A dry run deletes nothing, so a FIFO group's later messages stay behind its first.
+            console.print(f"{report.not_seen} more dead letter(s) not examined: queued behind another of "
+                          "their FIFO group, which a dry run leaves in place; a real redrive reaches them "
+                          "as it moves those ahead")
+        elif report.not_seen:
             console.print(f"{report.not_seen} more dead letter(s) not examined: queued behind a message of "
                           "their FIFO group that stays in the DLQ (redrive those ahead first, or --all)")
     if report.failed:

@@ -212,6 +212,11 @@ def test_redrive_says_when_dead_letters_are_hidden_behind_their_group(
     assert dry.exit_code == 0, dry.output
     body = json.loads(dry.stdout)
     assert body["count"] == 10 and body["not_seen"] == 1
+    # AND in text the dry run says a real redrive reaches them, not to pass the --all it was given
+    dry_text = runner.invoke(app, ["dlq", "redrive", "--all", "--dry-run", "--stage", "local"])
+    assert dry_text.exit_code == 0, dry_text.output
+    assert "1 more dead letter(s) not examined" in dry_text.output
+    assert "a real redrive reaches them" in dry_text.output and "or --all" not in dry_text.output
     # AND the redrive of the hidden key is a problem found (exit 1) that says why, not a silent 0
     assert by_key.exit_code == 1, by_key.output
     assert "behind" in by_key.output and "Traceback" not in by_key.output
