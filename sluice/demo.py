@@ -367,7 +367,7 @@ def main(
                 settings = settings.model_copy(update={
                     "drain": settings.drain.model_copy(update={"max_parallel": cap}),
                     "worker": settings.worker.model_copy(
-                        update={"reserved_concurrency": max(cap, settings.worker.reserved_concurrency)}),
+                        update={"reserved_concurrency": cap}),  # config check: equal to the cap
                 })
             cap_used = settings.drain.max_parallel
             stack = LocalStack(settings, sqs=sqs or settings.local.sqs, database_url=database_url,

@@ -139,10 +139,15 @@ class Settings(_Section):
                 f"worker.timeout_s ({w.timeout_s}) plus drain.safety_margin_ms ({d.safety_margin_ms}) must stay "
                 f"below drain.timeout_s ({d.timeout_s}): a consumer waits for its workers synchronously"
             )
-        if q.visibility_s <= w.timeout_s:
+        # The latest a consumer dispatches a message it received at its start is when its budget
+        # is down to the safety margin; that worker may then run for its whole timeout.
+        held_ms = d.timeout_s * 1000 - d.safety_margin_ms + w.timeout_s * 1000
+        if q.visibility_s * 1000 <= held_ms:
             found.append(
-                f"queue.visibility_s ({q.visibility_s}) must exceed worker.timeout_s ({w.timeout_s}): "
-                "a message must stay hidden while its worker may still be applying it"
+                f"queue.visibility_s ({q.visibility_s}) must exceed drain.timeout_s ({d.timeout_s}) minus "
+                f"drain.safety_margin_ms ({d.safety_margin_ms}) plus worker.timeout_s ({w.timeout_s}), "
+                f"{held_ms / 1000:g} s: a message must stay hidden while its worker may still be applying it, "
+                "or a second worker could receive it and the rest of its group"
             )
         if w.timeout_s <= 3:
             found.append(
@@ -153,6 +158,12 @@ class Settings(_Section):
             found.append(
                 f"drain.max_parallel ({d.max_parallel}) is above worker.reserved_concurrency "
                 f"({w.reserved_concurrency}): the cap could never be reached and invokes would be throttled"
+            )
+        elif d.max_parallel < w.reserved_concurrency:
+            found.append(
+                f"drain.max_parallel ({d.max_parallel}) is below worker.reserved_concurrency "
+                f"({w.reserved_concurrency}): set them equal. Reserved concurrency is what holds the cap "
+                "when a worker outlives the consumer that invoked it and the next drain fills its slots"
             )
         if d.consumers > d.max_parallel:
             found.append(
@@ -172,6 +183,9 @@ class Settings(_Section):
         db = self.database
         if not (db.url or db.secret or db.existing_secret_arn):
             found.append("database needs one of url, secret or existing_secret_arn")
+        if db.managed and db.backup_retention_days == 0:
+            found.append("database.managed is true but database.backup_retention_days is 0: the managed "
+                         "instance would keep no automated backups (1 to 35 days)")
         if db.managed and db.url:
             found.append("database.managed is true but database.url is set: the managed instance would be unused")
         if self.enqueuer.max_items > 10 * q.max_tps * self.enqueuer.timeout_s:

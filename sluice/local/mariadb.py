@@ -11,6 +11,7 @@ and restarts it mid-drain (same data directory, same port).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ INSTALL_HINT = (
 )
 
 
+_DATABASE_NAME = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
+
+
 class DatabaseUnavailableError(LocalServiceError):
     """No MariaDB could be found or started."""
 
@@ -44,14 +48,24 @@ class DatabaseUrl:
     @classmethod
     def parse(cls, url: str) -> DatabaseUrl:
         parts = urlsplit(url)
+        shape = f"DATABASE_URL {redact(url)!r} is not mysql://user:password@host:port/db"
         if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql") or not parts.hostname:
-            raise DatabaseUnavailableError(f"DATABASE_URL {redact(url)!r} is not mysql://user:password@host:port/db")
+            raise DatabaseUnavailableError(shape)
+        try:
+            port = parts.port or MACHINE_PORT  # urlsplit checks the port only when asked for it
+        except ValueError:
+            raise DatabaseUnavailableError(f"{shape}: the port is not a number from 1 to 65535") from None
+        database = unquote(parts.path.lstrip("/"))
+        if database and not _DATABASE_NAME.match(database):
+            # The name goes into CREATE DATABASE `...`; anything else is refused, not quoted around.
+            raise DatabaseUnavailableError(
+                f"{shape}: the database name {database!r} may hold only letters, digits, _ and $ (at most 64)")
         return cls(
             user=unquote(parts.username or "root"),
             password=unquote(parts.password or ""),
             host=parts.hostname,
-            port=parts.port or MACHINE_PORT,
-            database=parts.path.lstrip("/"),
+            port=port,
+            database=database,
         )
 
     def client_env(self) -> dict[str, str]:
@@ -101,6 +115,9 @@ def ensure_database(url: DatabaseUrl) -> None:
     try:
         with conn.cursor() as cur:
             cur.execute(f"CREATE DATABASE IF NOT EXISTS `{url.database}` CHARACTER SET utf8mb4")
+    except pymysql.MySQLError as exc:
+        raise DatabaseUnavailableError(
+            f"cannot create database {url.database!r} on {url.host}:{url.port}: {exc}") from None
     finally:
         conn.close()
 

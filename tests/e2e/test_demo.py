@@ -50,3 +50,17 @@ def test_demo_smoke_run_exits_0_with_invariants_from_the_database(tmp_path: Path
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
         conn.close()
+
+
+def test_demo_with_a_malformed_database_url_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    # GIVEN a database URL whose port is not a number
+    # WHEN the demo runs with it
+    done = subprocess.run(
+        [sys.executable, "-m", "sluice.demo", "--items", "10", "--database-url", "mysql://root@127.0.0.1:x/db",
+         "--local-dir", str(tmp_path / "stack")],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    # THEN it exits 3 with the reason, no traceback, and nothing left running
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "the port is not a number" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "stack" / "stack.json").exists()

@@ -24,7 +24,7 @@ def safe(**sections: dict[str, Any]) -> Settings:
     return Settings(stage="t", **base)
 
 
-@pytest.mark.parametrize("stage", ["dev", "local"])
+@pytest.mark.parametrize("stage", ["dev", "prod", "local"])
 def test_shipped_configs_are_safe(stage: str) -> None:
     # GIVEN the config files in the repository / THEN they have no problems
     assert load_settings(stage).problems() == []
@@ -40,8 +40,13 @@ def test_baseline_is_safe() -> None:
         ({"queue": {"visibility_s": 60}}, "queue.visibility_s (60) must exceed drain.timeout_s"),
         ({"worker": {"timeout_s": 56}}, "worker.timeout_s (56) plus drain.safety_margin_ms"),
         ({"queue": {"visibility_s": 100}, "drain": {"timeout_s": 20, "safety_margin_ms": 0},
-          "worker": {"timeout_s": 100}}, "must exceed worker.timeout_s"),
+          "worker": {"timeout_s": 100}}, "plus worker.timeout_s (100), 120 s"),
+        # received at a drain's start, dispatched with only the margin left: 60 - 5 + 30 = 85 s held
+        ({"queue": {"visibility_s": 85}}, "plus worker.timeout_s (30), 85 s: a message must stay hidden"),
         ({"drain": {"max_parallel": 8}}, "above worker.reserved_concurrency"),
+        ({"worker": {"reserved_concurrency": 8}}, "below worker.reserved_concurrency (8): set them equal"),
+        ({"database": {"url": "", "secret": "s", "managed": True, "backup_retention_days": 0}},
+         "would keep no automated backups"),
         ({"drain": {"consumers": 5}}, "each consumer needs at least one worker slot"),
         ({"drain": {"safety_margin_ms": 60000}}, "leaves no budget"),
         ({"queue": {"dlq_retention_days": 4}}, "dlq_retention_days (4) must be longer"),
