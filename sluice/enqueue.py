@@ -104,6 +104,9 @@ def decode_request(raw: bytes | str | Mapping[str, Any], max_body_bytes: int) ->
         return json.loads(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise EnqueueRequestError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # Valid JSON can nest deeper than the parser's recursion limit well inside the size limit.
+        raise EnqueueRequestError(400, "request body nests arrays or objects too deeply") from None
 
 
 def _item_problems(item: Any) -> tuple[list[str], str | None, Any]:

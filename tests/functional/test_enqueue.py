@@ -101,8 +101,10 @@ def test_one_invalid_item_among_100_enqueues_nothing(fifo_queues: Any, batch_cal
         (json.dumps({"items": [invoice(i) for i in range(3)], "pad": "x" * 5000}), 413, "limit is 4096"),
         (json.dumps({"items": [invoice(i) for i in range(21)]}), 413, "limit is 20"),
         (json.dumps({"items": []}), 400, "'items' is empty"),
+        # valid JSON inside the size limit, nested past the parser's recursion limit
+        ('{"items": ' + "[" * 1500 + "]" * 1500 + "}", 400, "nests arrays or objects too deeply"),
     ],
-    ids=["bad-json", "missing-task", "unknown-task", "schema", "oversized", "too-many", "empty"],
+    ids=["bad-json", "missing-task", "unknown-task", "schema", "oversized", "too-many", "empty", "deep"],
 )
 def test_bad_requests_get_4xx_with_reason_and_queue_stays_empty(
     fifo_queues: Any, batch_calls: BatchCalls, raw: bytes | str, status: int, reason: str
