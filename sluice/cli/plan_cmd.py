@@ -26,6 +26,8 @@ def plan(
     items_per_day: int = typer.Option(..., "--items-per-day", help="Work items enqueued per day."),
     worker_ms: float = typer.Option(..., "--worker-ms", help="Milliseconds a worker spends on one item."),
     batch_size: int = typer.Option(None, "--batch-size", help="Per worker call, default worker.batch_size."),
+    fill: float = typer.Option(1.0, "--fill", help="Average fraction of the batch size a worker call "
+                               "carries (0..1], default 1: full batches."),
     cap: int = typer.Option(None, "--cap", help="Workers at once, default drain.max_parallel."),
     items_per_request: int = typer.Option(None, "--items-per-request", help="Per enqueue call, default 100."),
     payload_kb: float = typer.Option(1.0, "--payload-kb", help="Size of one item's message in KB."),
@@ -40,14 +42,15 @@ def plan(
 ) -> None:
     """Drain time, needed cap, Lambda GB-s, requests and dollars for a daily volume; what breaks first."""
     settings = load_settings(stage)
-    numbers = {"--worker-ms": worker_ms, "--payload-kb": payload_kb, "--dead-letter-rate": dead_letter_rate,
-               "--within-hours": within_hours, "--invoke-overhead-ms": invoke_overhead_ms}
+    numbers = {"--worker-ms": worker_ms, "--fill": fill, "--payload-kb": payload_kb,
+               "--dead-letter-rate": dead_letter_rate, "--within-hours": within_hours,
+               "--invoke-overhead-ms": invoke_overhead_ms}
     for flag, value in numbers.items():
         if not math.isfinite(value):
             raise CliError(f"{flag} must be a finite number, not {value}", EXIT_USAGE)
     try:
         result = make_plan(inputs_from_settings(
-            settings, items_per_day, worker_ms, batch_size=batch_size, cap=cap,
+            settings, items_per_day, worker_ms, batch_size=batch_size, fill=fill, cap=cap,
             items_per_request=items_per_request, payload_kb=payload_kb, dead_letter_rate=dead_letter_rate,
             within_hours=within_hours, invoke_overhead_ms=invoke_overhead_ms,
             db_max_connections=db_max_connections, account_concurrency=account_concurrency, fifo_tps=fifo_tps,
@@ -59,7 +62,8 @@ def plan(
         return
     i = result.inputs
     console.print(f"[bold]Plan for {i.items_per_day:,} items/day at {i.worker_ms:g} ms/item[/bold] "
-                  f"(stage {stage}: cap {i.cap}, batch {i.batch_size}, worker {i.worker_memory_mb} MB)")
+                  f"(stage {stage}: cap {i.cap}, batch {i.batch_size} filled {i.fill:.0%}, "
+                  f"worker {i.worker_memory_mb} MB)")
     drain = Table(title="Drain", show_header=False)
     drain.add_row("drain rate", f"{result.drain_rate:,.1f} items/s (bound by {result.drain_bound_by})")
     drain.add_row("draining time for a day's items", _duration(result.drain_time_s))

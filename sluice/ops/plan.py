@@ -2,18 +2,27 @@
 
 The model, in the words a reviewer can check by hand (tests/functional/test_plan.py does):
 
-* A worker slot handles one invocation at a time; an invocation of ``batch`` items lasts
-  ``batch * worker_ms + invoke_overhead_ms``. The drain rate is the smallest of: the slots
-  (``cap`` of them), ``drain.max_rate``, and what FIFO's per-action TPS lets the consumer
-  receive and the workers delete.
+* A worker invocation carries ``per_invocation = batch_size * fill`` messages on average
+  (``fill`` 1 = full batches, the default; a consumer often hands a worker fewer, e.g. when
+  few groups are ready). A worker slot handles one invocation at a time; an invocation lasts
+  ``per_invocation * worker_ms + invoke_overhead_ms``. The drain rate is the smallest of: the
+  slots (``cap`` of them), ``drain.max_rate``, and what FIFO's per-action TPS lets the
+  consumer receive (10 items per call) and the workers delete (``per_invocation`` items per
+  call, see below).
 * A consumer drains at most ``timeout - safety margin`` per schedule tick, so a standing
   backlog is drained a ``duty`` fraction of the wall time.
 * SQS requests: ceil(items/10) SendMessageBatch per enqueue request, one ReceiveMessage per
   10 items plus one empty receive per tick (an upper bound: only ticks that find the queue
-  dry end on an empty receive), one DeleteMessage per item (the worker deletes each message
-  right after its commit), one SendMessage per dead-lettered item. Each 64 KB chunk of a
-  send or receive is billed as one request.
-* Lambda requests: enqueuer calls + consumer ticks + worker invocations; GB-s: workers
+  dry end on an empty receive), ceil(per_invocation / 10) DeleteMessageBatch per worker
+  invocation (the worker collects the receipt handles of finished messages and deletes them
+  ten per call, flushing at the end of the invocation; with ``batch_size <= 10`` that is one
+  call per invocation; the extra flush before a retried message is pushed back is not
+  counted), one SendMessage per dead-lettered item. Each 64 KB chunk of a send
+  or receive is billed as one request; a DeleteMessageBatch carries receipt handles, not
+  bodies, so it is one request. Against FIFO's per-action TPS a batch call is one
+  transaction.
+* Lambda requests: enqueuer calls + consumer ticks + ceil(items / per_invocation) worker
+  invocations; GB-s: workers
   ``items * worker_ms``, consumers while they drain plus ``wait_s`` per idle tick, enqueuer
   ``enqueuer_ms`` per request.
 """
@@ -38,7 +47,8 @@ ACCOUNT_CONCURRENCY = 1_000
 # MariaDB's default max_connections.
 DB_MAX_CONNECTIONS = 151
 SQS_CHUNK_KB = 64
-DELETES_PER_ITEM = 1
+# DeleteMessageBatch takes at most this many receipt handles per call.
+DELETE_BATCH_MAX = 10
 
 
 class PlanError(ValueError):
@@ -50,6 +60,7 @@ class PlanInputs:
     items_per_day: int
     worker_ms: float  # time a worker spends on one item
     batch_size: int = 10
+    fill: float = 1.0  # average fraction of batch_size a worker invocation carries
     cap: int = 4
     consumers: int = 1
     schedule_interval_s: float = 60
@@ -77,6 +88,8 @@ class PlanInputs:
             (self.items_per_day >= 1, "--items-per-day must be at least 1"),
             (self.worker_ms > 0, "--worker-ms must be above 0"),
             (1 <= self.batch_size <= 10, "--batch-size must be within 1..10 (a receive returns at most 10)"),
+            (0 < self.fill <= 1 and self.batch_size * self.fill >= 1,
+             "--fill must be within 0..1 and leave at least one message per worker call (batch x fill >= 1)"),
             (self.cap >= 1, "--cap must be at least 1"),
             (self.consumers >= 1, "consumers must be at least 1"),
             (self.items_per_request >= 1, "--items-per-request must be at least 1"),
@@ -226,13 +239,16 @@ def inputs_from_settings(
 def make_plan(i: PlanInputs) -> Plan:
     i.validate()
     n = i.items_per_day
-    invocation_ms = i.batch_size * i.worker_ms + i.invoke_overhead_ms
-    slot_rate = i.batch_size * 1000 / invocation_ms  # items/s one worker slot handles
+    per_invocation = i.batch_size * i.fill  # messages one worker invocation carries, on average
+    deletes_per_invocation = math.ceil(per_invocation / DELETE_BATCH_MAX)  # 1 while batch_size <= 10
+    deletes_per_item = deletes_per_invocation / per_invocation
+    invocation_ms = per_invocation * i.worker_ms + i.invoke_overhead_ms
+    slot_rate = per_invocation * 1000 / invocation_ms  # items/s one worker slot handles
     rates = {
         "worker slots (cap)": i.cap * slot_rate,
         "drain.max_rate": i.max_rate,
         "FIFO receive TPS": i.fifo_tps * 10.0,
-        "FIFO delete TPS": i.fifo_tps / DELETES_PER_ITEM,
+        "FIFO delete TPS": i.fifo_tps / deletes_per_item,
     }
     bound_by = min(rates, key=lambda k: rates[k])
     drain_rate = rates[bound_by]
@@ -248,7 +264,8 @@ def make_plan(i: PlanInputs) -> Plan:
     if other_rate * duty * within_s < n:
         needed_cap = None
 
-    worker_invocations = math.ceil(n / i.batch_size)
+    # Rounded first so that a fill like 0.3 (3.0000000000000004 per call) does not add a call.
+    worker_invocations = math.ceil(round(n / per_invocation, 6))
     consumer_ticks = math.ceil(SECONDS_PER_DAY / i.schedule_interval_s) * i.consumers
     full, rest = divmod(n, i.items_per_request)
     enqueue_requests = full + (1 if rest else 0)
@@ -258,7 +275,7 @@ def make_plan(i: PlanInputs) -> Plan:
     sqs = {
         "send_message_batch": send_batches * chunks,
         "receive_message": math.ceil(n / 10) * chunks + consumer_ticks,
-        "delete_message": n * DELETES_PER_ITEM,
+        "delete_message_batch": worker_invocations * deletes_per_invocation,
         "dlq_send_message": dead_lettered * max(1, math.ceil(i.payload_kb / SQS_CHUNK_KB)),
     }
 
@@ -282,8 +299,11 @@ def make_plan(i: PlanInputs) -> Plan:
     limits = [
         Limit("drain within window", wall_time_s, within_s,
               f"seconds to drain a day's items vs --within-hours {i.within_hours:g}; binding: {bound_by}"),
-        Limit("FIFO receive+delete TPS", drain_rate / 10 + drain_rate * DELETES_PER_ITEM, 2 * i.fifo_tps,
-              f"ReceiveMessage and DeleteMessage calls/s while draining ({i.fifo_tps}/s per action)"),
+        Limit("FIFO receive TPS", drain_rate / 10, i.fifo_tps,
+              f"ReceiveMessage calls/s while draining ({i.fifo_tps}/s per action)"),
+        Limit("FIFO delete TPS", drain_rate * deletes_per_item, i.fifo_tps,
+              f"DeleteMessageBatch calls/s while draining, {per_invocation:g} items per call "
+              f"({i.fifo_tps}/s per action)"),
         Limit("FIFO send TPS", i.enqueue_max_tps, i.fifo_tps,
               "queue.max_tps SendMessageBatch calls/s the enqueuer allows itself", grows_with_volume=False),
         Limit("FIFO in-flight messages", in_flight, FIFO_IN_FLIGHT_LIMIT,

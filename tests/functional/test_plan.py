@@ -4,18 +4,22 @@ The hand computation, for config/dev.yml (cap 4, batch 10, 256 MB everywhere, ra
 consumer timeout 60 s with a 5 s margin, long poll 1 s, max_rate 200, 100 items per enqueue
 request) at 1,000,000 items/day, 50 ms/item, 1% dead-lettered:
 
+* full batches (fill 1): a worker call carries 10 items and deletes them in ceil(10/10) = 1
+  DeleteMessageBatch.
 * one slot: 10 items per 500 ms = 20 items/s; 4 slots = 80 items/s, below max_rate 200, FIFO
-  receives (3,000/s) and deletes (300/s): the cap binds. 1e6 / 80 = 12,500 s of draining.
+  receives (300/s x 10 = 3,000 items/s) and deletes (300/s x 10 = 3,000 items/s): the cap
+  binds. 1e6 / 80 = 12,500 s of draining.
   A consumer drains 55 s of each 60 s tick: duty 11/12, wall time 13,636.36 s.
 * needed cap for 24 h: ceil(1e6 / (86,400 * 11/12 * 20)) = ceil(0.631) = 1.
 * Lambda requests: 10,000 enqueuer + 1,440 ticks + 100,000 worker calls = 111,440.
-* SQS: 100,000 SendMessageBatch + (100,000 + 1,440) receives + 1,000,000 deletes
-  + 10,000 DLQ sends = 1,211,440.
+* SQS: 100,000 SendMessageBatch + (100,000 + 1,440) receives + 100,000 worker calls x 1
+  DeleteMessageBatch + 10,000 DLQ sends = 311,440.
 * GB-s: worker 1e6 * 0.05 s * 0.25 GB = 12,500; consumer (12,500 s + idle ticks
   (1,440 - ceil(12,500/55) = 1,212) * 1 s) * 0.25 = 3,428; enqueuer 10,000 * 0.2 s * 0.25 = 500.
-* USD: 111,440 * 0.20e-6 = 0.022288; 16,428 * 0.0000166667 = 0.27380054;
-  1,211,440 * 0.50e-6 = 0.60572; 10,000 * 1e-6 = 0.01; total 0.91180854 per day and per
+* USD: 111,440 * 0.20e-6 = 0.022288; 16,428 * 0.0000166667 = 0.27380055;
+  311,440 * 0.50e-6 = 0.15572; 10,000 * 1e-6 = 0.01; total 0.46180855 per day and per
   million items (the day holds exactly a million).
+* limits: receives 80/10 = 8 calls/s, deletes 80/10 = 8 calls/s, each of 300/s.
 """
 
 from __future__ import annotations
@@ -36,10 +40,10 @@ HAND = {
     "wall_time_s": 12_500 * 12 / 11,
     "needed_cap": 1,
     "lambda_requests": 111_440,
-    "sqs": {"send_message_batch": 100_000, "receive_message": 101_440, "delete_message": 1_000_000,
+    "sqs": {"send_message_batch": 100_000, "receive_message": 101_440, "delete_message_batch": 100_000,
             "dlq_send_message": 10_000},
     "gb_seconds": {"worker": 12_500.0, "consumer": 3_428.0, "enqueuer": 500.0},
-    "usd_total": 0.022288 + 16_428 * 0.0000166667 + 0.60572 + 0.01,
+    "usd_total": 0.022288 + 16_428 * 0.0000166667 + 0.15572 + 0.01,
 }
 
 
@@ -59,6 +63,11 @@ def test_plan_matches_the_hand_computed_case() -> None:
     assert plan.gb_seconds == pytest.approx(HAND["gb_seconds"])
     assert plan.total_usd_per_day == pytest.approx(HAND["usd_total"])
     assert plan.usd_per_million_items == pytest.approx(HAND["usd_total"])
+    assert plan.total_usd_per_day == pytest.approx(0.46180855)
+    # AND a DeleteMessageBatch per worker call: 8 calls/s, like the receives
+    limits = {x.name: x for x in plan.limits}
+    assert limits["FIFO delete TPS"].used == pytest.approx(8.0)
+    assert limits["FIFO receive TPS"].used == pytest.approx(8.0)
     # AND nothing is broken; the volume limit nearest its end is the drain window (13,636 s of 86,400)
     assert not [x.name for x in plan.limits if x.broken]
     assert plan.breaks_first.name == "drain within window"
@@ -77,18 +86,62 @@ def test_cli_plan_json_uses_the_stage_settings_and_gives_the_same_numbers() -> N
     assert body["requests_per_day"]["sqs_total"] == sum(HAND["sqs"].values())
     assert body["usd_per_million_items"] == pytest.approx(HAND["usd_total"])
     assert body["prices"]["region"] == "us-east-1" and body["prices"]["read_on"]
+    # AND --fill reaches the model: half-full worker calls, twice the calls and deletes
+    half = runner.invoke(app, ["plan", "--items-per-day", "1000000", "--worker-ms", "50", "--fill", "0.5",
+                               "--stage", "dev", "--json"])
+    assert half.exit_code == 0, half.output
+    assert json.loads(half.stdout)["requests_per_day"]["sqs"]["delete_message_batch"] == 200_000
 
 
-def test_fifo_delete_tps_binds_a_large_cap_and_no_cap_drains_a_huge_day() -> None:
+def test_half_full_worker_calls_double_the_calls_and_the_deletes() -> None:
+    # GIVEN the hand case, but a worker call carries half a batch (--fill 0.5), none dead-lettered
+    inputs = PlanInputs(items_per_day=1_000_000, worker_ms=50, fill=0.5)
+    # WHEN the plan is made
+    plan = make_plan(inputs)
+    # THEN by hand: 5 items per call, 250 ms per call, still 20 items/s a slot, 80 with 4 slots;
+    # 1e6 / 5 = 200,000 worker calls, each ceil(5/10) = 1 DeleteMessageBatch;
+    # Lambda requests 10,000 + 1,440 + 200,000 = 211,440;
+    # SQS 100,000 + 101,440 + 200,000 + 0 = 401,440; deletes 80 / 5 = 16 calls/s
+    assert plan.drain_rate == pytest.approx(80.0)
+    assert plan.worker_invocations == 200_000
+    assert plan.sqs_requests["delete_message_batch"] == 200_000
+    assert plan.lambda_requests == 211_440
+    assert plan.total_sqs_requests == 401_440
+    assert {x.name: x for x in plan.limits}["FIFO delete TPS"].used == pytest.approx(16.0)
+
+
+def test_full_worker_calls_delete_ten_per_call_so_deletes_do_not_bind_at_300_items_per_s() -> None:
     # GIVEN 40 slots of 10 ms items and max_rate out of the way: slots could do 4,000 items/s
     inputs = PlanInputs(items_per_day=100_000_000, worker_ms=10, cap=40, reserved_concurrency=40,
                         max_rate=10_000)
     # WHEN the plan is made
     plan = make_plan(inputs)
-    # THEN per-message deletes at 300 TPS bind, 100 M items cannot drain in a day at any cap,
-    # and that is what breaks first
+    # THEN by hand: receives and deletes both allow 300 calls/s x 10 = 3,000 items/s (a tie; the
+    # receive is named), below the slots' 4,000; 100 M items take 1e8 / (3,000 x 11/12) = 36,364 s,
+    # inside a day; cap ceil(1e8 / (86,400 x 11/12 x 100 items/s a slot)) = ceil(12.63) = 13
+    assert plan.drain_rate == pytest.approx(3_000)
+    assert plan.drain_bound_by == "FIFO receive TPS"
+    assert plan.wall_time_s == pytest.approx(1e8 / 2_750)
+    assert plan.needed_cap == 13
+    # AND deletes run at 3,000 / 10 = 300 calls/s: at the limit, not past it
+    deletes = {x.name: x for x in plan.limits}["FIFO delete TPS"]
+    assert deletes.used == pytest.approx(300)
+    assert not deletes.broken
+    assert not [x.name for x in plan.limits if x.broken]
+
+
+def test_one_message_per_worker_call_makes_deletes_bind_at_300_items_per_s() -> None:
+    # GIVEN the same 40 fast slots, but every worker call carries one message (batch 10, --fill 0.1)
+    inputs = PlanInputs(items_per_day=100_000_000, worker_ms=10, fill=0.1, cap=40,
+                        reserved_concurrency=40, max_rate=10_000)
+    # WHEN the plan is made
+    plan = make_plan(inputs)
+    # THEN by hand: one DeleteMessageBatch per item, so 300 calls/s = 300 items/s binds (slots
+    # 40 x 1 item per 10 ms = 4,000, receives 3,000); a day drains 300 x 11/12 x 86,400 =
+    # 23.76 M < 100 M at any cap, and that is what breaks first
     assert plan.drain_bound_by == "FIFO delete TPS"
-    assert plan.drain_rate == 300
+    assert plan.drain_rate == pytest.approx(300)
+    assert plan.worker_invocations == 100_000_000
     assert plan.needed_cap is None
     assert plan.breaks_first.name == "drain within window"
     assert plan.breaks_first.broken
@@ -119,6 +172,9 @@ def test_bad_inputs_are_refused_with_the_reason() -> None:
     (["--account-concurrency", "0"], "--account-concurrency must be at least 1"),
     (["--db-max-connections", "-1"], "--db-max-connections must be at least 1"),
     (["--invoke-overhead-ms", "-50"], "--invoke-overhead-ms must be at least 0"),
+    (["--fill", "0"], "--fill must be within 0..1"),
+    (["--fill", "0.05"], "batch x fill >= 1"),
+    (["--fill", "nan"], "--fill must be a finite number"),
 ])
 def test_limits_and_overhead_out_of_range_are_usage_errors(flags: list[str], reason: str) -> None:
     # GIVEN a limit of zero (a division by zero, or an "inf%" verdict) or a negative latency
