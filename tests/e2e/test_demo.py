@@ -36,13 +36,16 @@ def test_demo_smoke_run_exits_0_with_invariants_from_the_database(tmp_path: Path
         assert facts["dead_lettered"] == 3 and facts["duplicates"] == 0 and facts["lost"] == 0
         assert all(facts["checks"].values())
         assert facts["peak_workers"] is not None and 1 <= facts["peak_workers"] <= facts["cap"]
-        # AND the database agrees: 197 invoices of this run, none twice
+        # AND the database agrees: 197 invoices of this run, none twice, each applied once (a second
+        # application keeps one row but bumps its apply_count, so the sum would exceed the count)
         conn = pymysql.connect(host="127.0.0.1", user="root", database=name)
         with conn.cursor() as cur:
-            cur.execute("SELECT COUNT(*), COUNT(DISTINCT item_key) FROM invoices WHERE item_key LIKE %s",
-                        (f"DEMO-{facts['run']}-%",))
-            assert cur.fetchone() == (197, 197)
+            cur.execute("SELECT COUNT(*), COUNT(DISTINCT item_key), SUM(apply_count) FROM invoices "
+                        "WHERE item_key LIKE %s", (f"DEMO-{facts['run']}-%",))
+            rows, keys, applications = cur.fetchone()
         conn.close()
+        assert (rows, keys) == (197, 197)
+        assert int(applications) == rows
         # AND it stopped the stack it started: no state file is left behind
         assert not (tmp_path / "stack" / "stack.json").exists()
     finally:

@@ -19,7 +19,7 @@ from sluice.envelope import Envelope
 from sluice.tasks import get_task
 from sluice.work import Backoff, WorkItem, work
 from tests.conftest import FifoQueues, free_port
-from tests.helpers import depth
+from tests.helpers import depth, sql
 
 pytestmark = pytest.mark.integration
 
@@ -138,6 +138,32 @@ def test_a_crash_between_commit_and_delete_is_recognised_on_redelivery(fifo_queu
     # THEN it is only deleted: still one invoice, nothing left in the queue
     assert outcomes(result) == ["duplicate"]
     assert db.count_invoices(key) == 1
+    assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
+
+
+def test_a_second_application_past_a_lost_ledger_row_is_counted(fifo_queues: FifoQueues, db: Database,
+                                                                  database_url: str) -> None:
+    # GIVEN an invoice message received twice (two copies in flight), the first copy applied once
+    key = f"INV-{uuid.uuid4().hex[:8]}"
+    envelope = send(fifo_queues, key, invoice())
+    first = receive_event(fifo_queues, 1)
+    release_all(fifo_queues, first)
+    second = receive_event(fifo_queues, 1)
+    assert outcomes(run(first, fifo_queues, db)) == ["done"]
+    assert sql(database_url, "SELECT apply_count FROM invoices WHERE item_key = %s", key) == [(1,)]
+    assert db.duplicate_invoices(key) == 0
+
+    # WHEN its ledger row is deleted (the ledger bypassed or broken) and the second copy is worked
+    sql(database_url, "DELETE FROM processed_messages WHERE dedup_id = %s", envelope.dedup_id)
+    result = run(second, fifo_queues, db)
+
+    # THEN the worker cannot tell: the outcome is done again and the UNIQUE key keeps one row...
+    assert outcomes(result) == ["done"]
+    assert db.count_invoices(key) == 1
+    # ...but the row records the second application, and the exactly-once check fails on it
+    assert sql(database_url, "SELECT apply_count FROM invoices WHERE item_key = %s", key) == [(2,)]
+    assert db.duplicate_invoices(key) == 1
+    assert db.is_processed(envelope.dedup_id)
     assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
 
 

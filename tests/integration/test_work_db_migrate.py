@@ -41,7 +41,7 @@ def test_migrate_local_applies_every_migration_once(scratch_url: str) -> None:
 
     # THEN the first run creates and migrates it, the second finds nothing to do
     assert first.exit_code == 0, first.output
-    assert '"0001_ledger"' in first.output and '"0002_invoices"' in first.output
+    assert all(f'"{m}"' in first.output for m in ("0001_ledger", "0002_invoices", "0003_invoice_apply_count"))
     assert second.exit_code == 0, second.output
     assert "up to date" in second.output
     db = Database(url=scratch_url)
@@ -87,6 +87,6 @@ def test_the_migrate_function_migrates_with_the_worker_credentials(scratch_url: 
     second = worker.migrate.lambda_handler({}, context)
 
     # THEN it applies every migration once and reports what it did, without the password
-    assert first["applied"] == ["0001_ledger", "0002_invoices"] == first["known"]
+    assert first["applied"] == ["0001_ledger", "0002_invoices", "0003_invoice_apply_count"] == first["known"]
     assert second["applied"] == []
     assert first["database"].endswith(scratch_url.rsplit("/", 1)[1])

@@ -46,5 +46,6 @@ def record_invoice(tx: Transaction, payload: InvoicePayload, item: WorkItem) -> 
                                  description=payload.description)
     if not inserted:
         # The ledger had no row but the invoice exists (e.g. the ledger was pruned): the UNIQUE key
-        # kept it single; the ledger row written with this transaction records it from now on.
+        # kept it single, its apply_count records this second application (so the exactly-once
+        # checks see it), and the ledger row written with this transaction records it from now on.
         logger.warning("invoice already recorded; not inserted again")
