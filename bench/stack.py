@@ -148,7 +148,7 @@ class BenchStack(StartStopContext):
         self.sqs = boto3.client("sqs", endpoint_url=self.proxy.url, region_name=REGION)
         queues = create_queues(self.sqs, self.settings)
         self.queue_url, self.dlq_url, self.queue_arn = queues.url, queues.dlq_url, queues.arn
-        env = self.settings.runtime_env(queue_url=queues.url, dlq_url=queues.dlq_url,
+        env = self.settings.runtime_env(queue_url=queues.url, dlq_url=queues.dlq_url, queue_arn=queues.arn,
                                         worker_function=self.function_name("worker"))
         env.update(endpoints)
         env["DATABASE_URL"] = self.database_url

@@ -45,7 +45,9 @@ def get_container() -> _Container:
             budget=BatchBudget(config.worker_timeout_s * 1000),
         )
     if not _container.queue_arn:
-        _container.queue_arn = _container.queue.arn
+        # serverless.yml sets SLUICE_QUEUE_ARN; without it (a deployment of its own) ask SQS once,
+        # which needs sqs:GetQueueAttributes.
+        _container.queue_arn = _container.config.queue_arn or _container.queue.arn
     return _container
 
 

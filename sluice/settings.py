@@ -205,13 +205,16 @@ class Settings(_Section):
         return f"{self.service}-{self.stage}-{function}"
 
     def runtime_env(
-        self, *, queue_url: str, dlq_url: str, worker_function: str, db_secret_id: str = ""
+        self, *, queue_url: str, dlq_url: str, worker_function: str, db_secret_id: str = "", queue_arn: str = ""
     ) -> dict[str, str]:
         """The environment every handler gets (serverless.yml sets the same names)."""
         return {
             "SLUICE_STAGE": self.stage,
             "SLUICE_QUEUE_URL": queue_url,
             "SLUICE_DLQ_URL": dlq_url,
+            # The consumer puts it in the SQS records it hands workers (eventSourceARN); given here
+            # so it needs no sqs:GetQueueAttributes to look it up.
+            "SLUICE_QUEUE_ARN": queue_arn,
             "SLUICE_WORKER_FUNCTION": worker_function,
             "SLUICE_DB_SECRET_ID": db_secret_id,
             "SLUICE_DB_NAME": self.database.name,
@@ -276,6 +279,7 @@ class RuntimeConfig:
     stage: str
     queue_url: str
     dlq_url: str
+    queue_arn: str
     worker_function: str
     db_secret_id: str
     database_url: str
@@ -323,6 +327,7 @@ class RuntimeConfig:
             stage=text("SLUICE_STAGE", "dev"),
             queue_url=text("SLUICE_QUEUE_URL", ""),
             dlq_url=text("SLUICE_DLQ_URL", ""),
+            queue_arn=text("SLUICE_QUEUE_ARN", ""),
             worker_function=text("SLUICE_WORKER_FUNCTION", ""),
             db_secret_id=text("SLUICE_DB_SECRET_ID", ""),
             database_url=text("DATABASE_URL", ""),

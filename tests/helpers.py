@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pymysql
+from awslambdaric.lambda_context import LambdaContext
 
 from sluice.aws import Queue
 from sluice.db import DbCredentials
@@ -19,6 +22,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 MACHINE_DB_ADMIN = {"host": "127.0.0.1", "user": "root"}
+
+
+def lambda_context(function_name: str, timeout_s: float, region: str = "us-east-1") -> LambdaContext:
+    """The runtime's own context object for an in-process call, with ``timeout_s`` left."""
+    deadline_ms = int(time.time() * 1000 + timeout_s * 1000)
+    return LambdaContext(f"req-{uuid.uuid4().hex[:8]}", None, None, deadline_ms,
+                         f"arn:aws:lambda:{region}:123456789012:function:{function_name}")
 
 
 def eventually(check: Callable[[], T], timeout_s: float, what: str, poll_s: float = 0.25) -> T:

@@ -3,8 +3,10 @@
 Each tick sends one scheduled-event payload (the shape of ``sam local generate-event
 cloudwatch scheduled-event``) to each of the ``drain.consumers`` consumers. Every invoke runs
 on a thread of its own, so a tick never waits for a drain: a consumer still busy with the
-previous tick is throttled (429, reserved concurrency = consumers) exactly as on AWS, and
-that tick is simply skipped.
+previous tick is throttled (429, reserved concurrency = consumers), and that tick is skipped.
+On AWS the throttled async event is retried until its maximum event age (60 s in
+serverless.yml), so there a tick may start up to a minute late instead; it is never queued
+for longer.
 """
 
 from __future__ import annotations

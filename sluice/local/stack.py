@@ -174,7 +174,7 @@ class LocalStack:
                                       self.settings, self.database.url)
         function_env = {
             **self.settings.runtime_env(queue_url=self.queues.url, dlq_url=self.queues.dlq_url,
-                                        worker_function=self.function_name("worker"),
+                                        queue_arn=self.queues.arn, worker_function=self.function_name("worker"),
                                         db_secret_id=secret_arn),
             # An RDS secret always has a password; the machine's root may not, so the URL (which wins
             # over the secret in the handlers) is passed too. The secret is still made and valid.

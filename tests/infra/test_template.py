@@ -25,7 +25,6 @@ EXPECTED_GRANTS = {
     "consumer": {
         ("sqs:ReceiveMessage", "JobsQueue"),
         ("sqs:ChangeMessageVisibility", "JobsQueue"),
-        ("sqs:GetQueueAttributes", "JobsQueue"),
         ("lambda:InvokeFunction", "WorkerLambdaFunction"),
     },
     "worker": {
@@ -90,11 +89,12 @@ def test_functions_agree_with_the_function_table(packaged: Packaged) -> None:
         assert tuple(env) == spec.env_names == RUNTIME_ENV_NAMES
         # literal values equal what the settings derive; the rest are references to stack resources
         literal = {k: v for k, v in env.items() if isinstance(v, str)}
-        references = {"SLUICE_QUEUE_URL", "SLUICE_DLQ_URL", "SLUICE_DB_SECRET_ID"}
+        references = {"SLUICE_QUEUE_URL", "SLUICE_DLQ_URL", "SLUICE_QUEUE_ARN", "SLUICE_DB_SECRET_ID"}
         assert set(literal) == set(expected_env) - references
         assert all(same_value(literal[k], expected_env[k]) for k in literal), (literal, expected_env)
         assert env["SLUICE_QUEUE_URL"] == {"Ref": "JobsQueue"}
         assert env["SLUICE_DLQ_URL"] == {"Ref": "DeadLetterQueue"}
+        assert env["SLUICE_QUEUE_ARN"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
         assert env["SLUICE_DB_SECRET_ID"]["Fn::If"][0] == "CreateDatabaseSecret"
 
 
@@ -122,8 +122,18 @@ def test_each_role_grants_exactly_what_its_function_uses(packaged: Packaged) -> 
         # ... no wildcard action anywhere, and the rest is only logging and tracing
         assert not any("*" in action for action, _ in allowed), key
         assert {a.split(":")[0] for a, _ in allowed} <= {"sqs", "lambda", "secretsmanager", "logs", "xray"}
-    # AND the worker's role is the only one to touch the DLQ
-    assert role_of(template, "WorkerLambdaFunction") != role_of(template, "ConsumerLambdaFunction")
+    # AND the worker's role is the only one to touch the DLQ, by any action
+    for key in EXPECTED_GRANTS:
+        dlq_grants = {a for a, resource in grants(role_of(template, logical_id(key))) if resource == "DeadLetterQueue"}
+        assert dlq_grants == ({"sqs:SendMessage"} if key == "worker" else set()), key
+
+
+def test_a_throttled_tick_is_dropped_within_a_minute_not_retried_for_hours(packaged: Packaged) -> None:
+    # GIVEN the consumer, started asynchronously by EventBridge, throttled while a drain runs
+    configs = [v["Properties"] for v in packaged.resources.values() if v["Type"] == "AWS::Lambda::EventInvokeConfig"]
+    # THEN its async events expire after 60 s (Lambda's default is 6 hours) and are never retried
+    assert configs == [{"FunctionName": {"Ref": "ConsumerLambdaFunction"}, "DestinationConfig": {},
+                        "Qualifier": "$LATEST", "MaximumEventAgeInSeconds": 60, "MaximumRetryAttempts": 0}]
 
 
 def test_alarms_go_to_the_alarm_topic(packaged: Packaged) -> None:

@@ -11,21 +11,15 @@ from typing import Any
 
 import boto3
 import pytest
-from awslambdaric.lambda_context import LambdaContext
 
 from sluice.aws import OutgoingMessage, Queue
 from sluice.db import Database, DbCredentials
 from sluice.envelope import Envelope
 from tests.conftest import REGION, FifoQueues
 from tests.fixtures.events import SQS, load_event, sqs_event, sqs_record
+from tests.helpers import lambda_context
 
 pytestmark = pytest.mark.integration
-
-
-def lambda_context(timeout_s: int = 10) -> LambdaContext:
-    deadline_ms = int(time.time() * 1000) + timeout_s * 1000
-    return LambdaContext(f"req-{uuid.uuid4().hex[:8]}", None, None, deadline_ms,
-                         f"arn:aws:lambda:{REGION}:123456789012:function:sluice-test-worker")
 
 
 @pytest.fixture
@@ -89,10 +83,10 @@ def test_the_handler_applies_a_batch_and_reuses_its_connection(worker_env: str, 
     keys = [f"H-{uuid.uuid4().hex[:8]}" for _ in range(2)]
 
     # WHEN the handler runs twice
-    first = handler.lambda_handler(send_and_receive(fifo_queues, keys[0]), lambda_context())
+    first = handler.lambda_handler(send_and_receive(fifo_queues, keys[0]), lambda_context("sluice-test-worker", 10))
     assert handler._database is not None
     first_session = handler._database.connection().thread_id()
-    second = handler.lambda_handler(send_and_receive(fifo_queues, keys[1]), lambda_context())
+    second = handler.lambda_handler(send_and_receive(fifo_queues, keys[1]), lambda_context("sluice-test-worker", 10))
 
     # THEN both are applied through the credentials of the secret, over one reused connection,
     # with log lines naming the message and metrics for the outcome
