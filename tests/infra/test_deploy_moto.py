@@ -1,4 +1,4 @@
-"""Deploy the packaged dev stage into moto's CloudFormation the way `serverless deploy` does:
+"""Deploy the packaged dev and prod stages into moto's CloudFormation the way `serverless deploy` does:
 create the stack from the create template (the deployment bucket), upload the artifact, then
 update the stack with the full template. Then read back what moto made.
 
@@ -21,6 +21,7 @@ from sluice.functions import function_table
 from sluice.settings import RUNTIME_ENV_NAMES
 
 from .conftest import Packaged
+from .test_template import EXPECTED_GRANTS, GUARDED
 
 pytestmark = pytest.mark.infra
 
@@ -57,24 +58,25 @@ def wait_for_stack(cfn: Any, name: str, deadline_s: float = 120) -> dict[str, An
 
 
 @pytest.fixture(scope="module")
-def deployed(dev: Packaged, moto_endpoint: str) -> Iterator[Deployed]:
+def deployed(packaged: Packaged, moto_endpoint: str) -> Iterator[Deployed]:
+    """Each packaged stage (dev: own database; prod: managed RDS in a VPC), deployed."""
     clients = {s: boto3.client(s, endpoint_url=moto_endpoint, region_name=REGION)
-               for s in ("cloudformation", "s3", "sqs", "lambda", "iam", "events", "logs")}
+               for s in ("cloudformation", "s3", "sqs", "lambda", "iam", "events", "logs", "ec2", "rds")}
     cfn = clients["cloudformation"]
-    name = f"sluice-{dev.stage}"
-    cfn.create_stack(StackName=name, TemplateBody=json.dumps(dev.create_template),
+    name = f"sluice-{packaged.stage}"
+    cfn.create_stack(StackName=name, TemplateBody=json.dumps(packaged.create_template),
                      Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"])
     stack = wait_for_stack(cfn, name)
     bucket = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}["ServerlessDeploymentBucketName"]
-    template = dev.template
+    template = packaged.template
     key = template["Resources"]["WorkerLambdaFunction"]["Properties"]["Code"]["S3Key"]
-    clients["s3"].upload_file(str(dev.directory / "sluice.zip"), bucket, key)
+    clients["s3"].upload_file(str(packaged.directory / "sluice.zip"), bucket, key)
     cfn.update_stack(StackName=name, TemplateBody=json.dumps(template),
                      Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"])
     wait_for_stack(cfn, name)
     # No delete_stack afterwards: moto 5.2.5 does not record the exports an update adds and fails
     # deleting such a stack; the moto server is this session's own and goes away with it.
-    yield Deployed(dev, name, clients)
+    yield Deployed(packaged, name, clients)
 
 
 def test_queues_exist_with_the_configured_settings(deployed: Deployed) -> None:
@@ -134,31 +136,59 @@ def test_schedule_targets_the_consumer(deployed: Deployed) -> None:
     assert all(r["ScheduleExpression"] == settings.drain.schedule and r["State"] == "ENABLED" for r in rules)
 
 
-def test_worker_role_is_its_own_with_the_listed_actions(deployed: Deployed) -> None:
-    # GIVEN the worker function as deployed
-    settings = deployed.packaged.settings
-    role_arn = deployed.client("lambda").get_function_configuration(
-        FunctionName=settings.function_name("worker"))["Role"]
+def role_actions(deployed: Deployed, role_arn: str) -> set[str]:
+    """The actions a role's inline policies allow, read back from IAM."""
     iam = deployed.client("iam")
     role_name = role_arn.rsplit("/", 1)[1]
-    # WHEN reading its inline policy back from IAM
     documents = [iam.get_role_policy(RoleName=role_name, PolicyName=n)["PolicyDocument"]
                  for n in iam.list_role_policies(RoleName=role_name)["PolicyNames"]]
     # moto 5.2.5 hands back a policy that CloudFormation made as the Python repr of a dict
     parsed = [ast.literal_eval(d) if isinstance(d, str) else d for d in documents]
-    statements = [s for d in parsed for s in d["Statement"]]
     actions: set[str] = set()
-    for statement in statements:
+    for statement in (s for d in parsed for s in d["Statement"]):
         action = statement["Action"]
         actions.update([action] if isinstance(action, str) else action)
-    # THEN it allows exactly the worker's SQS and Secrets Manager actions
-    assert {a for a in actions if a.startswith(("sqs:", "lambda:", "secretsmanager:"))} == {
-        "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:SendMessage",
-        "secretsmanager:GetSecretValue"}
-    # AND it is not the consumer's role
-    consumer_role = deployed.client("lambda").get_function_configuration(
-        FunctionName=settings.function_name("consumer"))["Role"]
-    assert consumer_role != role_arn
+    return actions
+
+
+def test_each_function_has_its_own_role_with_the_listed_actions(deployed: Deployed) -> None:
+    settings = deployed.packaged.settings
+    lam = deployed.client("lambda")
+    roles = {}
+    for key, expected in EXPECTED_GRANTS.items():
+        # GIVEN each function as deployed
+        roles[key] = lam.get_function_configuration(FunctionName=settings.function_name(key))["Role"]
+        # WHEN reading its role's inline policies back from IAM
+        actions = role_actions(deployed, roles[key])
+        # THEN it allows exactly that function's SQS, Lambda and Secrets Manager actions
+        assert {a for a in actions if a.startswith(GUARDED)} == {a for a, _ in expected}, key
+    # AND no two functions share a role
+    assert len(set(roles.values())) == len(roles)
+
+
+def test_a_managed_database_gets_an_encrypted_rds_in_a_private_vpc(deployed: Deployed) -> None:
+    # GIVEN a stage with database.managed true (prod), or not (dev)
+    db = deployed.packaged.settings.database
+    instances = deployed.client("rds").describe_db_instances()["DBInstances"]
+    # THEN moto made an encrypted MariaDB with backups, not publicly reachable, exactly when managed
+    mariadb = [i for i in instances if i["Engine"] == "mariadb" and i["DBName"] == db.name]
+    if not db.managed:
+        assert mariadb == []
+        return
+    assert len(mariadb) == 1
+    instance = mariadb[0]
+    assert instance["StorageEncrypted"] is True and instance["PubliclyAccessible"] is False
+    assert instance["BackupRetentionPeriod"] == db.backup_retention_days
+    assert instance["DBInstanceClass"] == db.instance_class
+    # (moto drops DeletionProtection from CloudFormation; test_template.py asserts it there)
+    # AND the worker runs in the instance's private subnets (moto reports a fixed VpcId for Lambda)
+    worker = deployed.client("lambda").get_function_configuration(
+        FunctionName=deployed.packaged.settings.function_name("worker"))
+    db_subnets = {s["SubnetIdentifier"] for s in instance["DBSubnetGroup"]["Subnets"]}
+    assert len(db_subnets) == 2 and set(worker["VpcConfig"]["SubnetIds"]) == db_subnets
+    subnets = deployed.client("ec2").describe_subnets(SubnetIds=sorted(db_subnets))["Subnets"]
+    assert {s["VpcId"] for s in subnets} == {instance["DBSubnetGroup"]["VpcId"]}
+    assert not any(s["MapPublicIpOnLaunch"] for s in subnets)
 
 
 def test_log_groups_exist_with_retention(deployed: Deployed) -> None:
