@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -89,13 +90,19 @@ def status(
             console.print(render_status(snapshot))
             return
         try:
+            if as_json:
+                # One JSON document per snapshot and nothing else (no table), each flushed as it is
+                # taken, so a reader on a pipe sees it at once.
+                while True:
+                    emit_json(snapshot.to_dict())
+                    sys.stdout.flush()
+                    time.sleep(interval)  # the refresh period, not a wait for a condition
+                    snapshot = collect_status(ctx)
             with Live(render_status(snapshot), console=console, refresh_per_second=4) as live:
                 while True:
                     # A screen refresh period, not a wait for a condition.
                     time.sleep(interval)
                     snapshot = collect_status(ctx)
-                    if as_json:
-                        emit_json(snapshot.to_dict())
                     live.update(render_status(snapshot))
         except KeyboardInterrupt:
             return

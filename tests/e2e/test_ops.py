@@ -14,11 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from typer.testing import CliRunner
 
 from sluice import aws
+from sluice.aws import Queue
 from sluice.cli import app
+from sluice.enqueue import Enqueuer
 from sluice.local.env import ENDPOINT_ENV_KEYS
 from sluice.local.stack import LocalStack
 from sluice.settings import load_settings
@@ -138,3 +141,137 @@ def test_send_refuses_an_invalid_item_and_enqueues_nothing(stack: LocalStack,
     # THEN the CLI names the fault, exits 2, and nothing reached the queue or the database
     assert "amount_cents" in out["output"] and "nothing was enqueued" in out["output"]
     assert invoice_rows(stack, key) == 0
+
+
+def stack_sqs(stack: LocalStack) -> Any:
+    """A boto3 SQS client on the stack's SQS server, of the test's own (not the CLI's cached one)."""
+    return boto3.client("sqs", endpoint_url=stack.env["AWS_ENDPOINT_URL_SQS"],
+                        region_name=stack.env["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=stack.env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=stack.env["AWS_SECRET_ACCESS_KEY"])
+
+
+def empty_queues(cli: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Drain until `sluice status` shows both queues empty; returns that status."""
+    def empty() -> dict[str, Any] | None:
+        status = cli("status")
+        if sum(status["queue"].values()) + sum(status["dlq"].values()) == 0:
+            return status
+        cli("drain")
+        return None
+
+    status = eventually(empty, 60, "both queues empty before the test")
+    assert status is not None
+    return status
+
+
+def write_items(path: Path, items: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+def acme_invoice(key: str, group: str) -> dict[str, Any]:
+    return {"task": "invoice.record", "key": key, "group": group,
+            "payload": {"customer": "acme", "amount_cents": 1500, "currency": "EUR"}}
+
+
+def test_status_counts_visible_in_flight_delayed_and_the_dlq(
+        stack: LocalStack, cli: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+    # GIVEN both queues empty
+    empty_queues(cli)
+    sqs = stack_sqs(stack)
+    queue_url, dlq_url = stack.env["SLUICE_QUEUE_URL"], stack.env["SLUICE_DLQ_URL"]
+    run = uuid.uuid4().hex[:6]
+    try:
+        # AND three items sent with `sluice send`, each in a group of its own, one of them received
+        # (in flight for 5 minutes)
+        now = [acme_invoice(f"ST-{run}-{n}", f"st-{run}-{n}") for n in range(3)]
+        assert cli("send", "--file", str(write_items(tmp_path / "now.ndjson", now)))["accepted"] == 3
+        taken = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1, VisibilityTimeout=300)
+        assert len(taken["Messages"]) == 1
+        # AND two more sent while the queue delays every new message by 15 minutes
+        sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"DelaySeconds": "900"})
+        later = [acme_invoice(f"ST-{run}-late-{n}", f"st-{run}-late-{n}") for n in range(2)]
+        assert cli("send", "--file", str(write_items(tmp_path / "later.ndjson", later)))["accepted"] == 2
+        sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"DelaySeconds": "0"})
+        # AND two items in the DLQ (as SQS's own redrive leaves them: envelope, no worker attributes)
+        dead = [acme_invoice(f"ST-{run}-dead-{n}", f"st-{run}-dead-{n}") for n in range(2)]
+        assert Enqueuer(Queue(dlq_url, sqs=sqs)).enqueue({"items": dead}).status_code == 202
+        # WHEN `sluice status` runs, as JSON and as text
+        status = cli("status")
+        text = CliRunner().invoke(app, ["status", "--stage", "local"])
+        # THEN it counts each state apart, for the work queue and for the DLQ
+        assert status["queue"] == {"visible": 2, "in_flight": 1, "delayed": 2}
+        assert status["dlq"] == {"visible": 2, "in_flight": 0, "delayed": 0}
+        # AND the DLQ's oldest age comes from a peek, which left both dead letters visible
+        assert status["dlq_oldest_age_s"] is not None and 0 <= status["dlq_oldest_age_s"] < 600
+        assert status["oldest_age_s"] is None and status["workers"]["cap"] == stack.settings.drain.max_parallel
+        assert text.exit_code == 0, text.output
+        rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]]
+                for line in text.output.splitlines() if line.count("│") >= 5}
+        assert rows["work"] == ["2", "1", "2"] and rows["DLQ"] == ["2", "0", "0"], text.output
+        dlq_attributes = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])["Attributes"]
+        assert dlq_attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
+    finally:
+        # The stack is shared by this module: leave both queues as found.
+        sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"DelaySeconds": "0"})
+        sqs.purge_queue(QueueUrl=queue_url)
+        sqs.purge_queue(QueueUrl=dlq_url)
+
+
+def test_status_shows_the_last_drain_the_consumer_logged(
+        stack: LocalStack, cli: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+    # GIVEN both queues empty, then two invoices sent with `sluice send`, and `sluice drain` run until both applied
+    empty_queues(cli)
+    run = uuid.uuid4().hex[:6]
+    keys = [f"LD-{run}-{n}" for n in range(2)]
+    items = [acme_invoice(k, f"ld-{run}-{n}") for n, k in enumerate(keys)]
+    assert cli("send", "--file", str(write_items(tmp_path / "items.ndjson", items)))["accepted"] == 2
+    reports: list[dict[str, Any]] = []
+
+    def drain_applied() -> bool:
+        reports.append(cli("drain")["report"])
+        return all(invoice_rows(stack, k) == 1 for k in keys)
+
+    eventually(drain_applied, 60, "both invoices applied")
+    assert sum(r["succeeded"] for r in reports) >= 2
+    # WHEN `sluice status` runs
+    # THEN its last drain is the drain just run, as the consumer logged it, with the time it finished
+    def last_drain() -> dict[str, Any] | None:
+        drains = cli("status")["last_drains"]
+        return drains[-1] if drains and {k: v for k, v in drains[-1].items() if k != "at"} == reports[-1] else None
+
+    latest = eventually(last_drain, 30, f"status showing the last drain report {reports[-1]}")
+    assert latest is not None and latest["at"]
+    # AND the text shows a "last drains" table with that drain's counts
+    text = CliRunner().invoke(app, ["status", "--stage", "local"])
+    assert text.exit_code == 0 and "last drains" in text.output, text.output
+    assert "Traceback" not in text.output
+
+
+def test_send_a_file_of_several_requests_enqueues_every_item(
+        stack: LocalStack, cli: Callable[..., dict[str, Any]], tmp_path: Path) -> None:
+    # GIVEN both queues empty
+    empty_queues(cli)
+    sqs = stack_sqs(stack)
+    queue_url = stack.env["SLUICE_QUEUE_URL"]
+    # AND an NDJSON file of more items than one request takes: the CLI sends it in chunks and
+    # draws a progress bar
+    per_request = stack.settings.enqueuer.max_items
+    count = 2 * per_request + 37
+    run = uuid.uuid4().hex[:6]
+    items = [acme_invoice(f"BULK-{run}-{n:05d}", f"bulk-{run}-{n % 16}") for n in range(count)]
+    path = write_items(tmp_path / "bulk.ndjson", items)
+    try:
+        # WHEN `sluice send --file` sends it (as text, so the progress bar is on)
+        result = CliRunner().invoke(app, ["send", "--file", str(path), "--stage", "local"])
+        # THEN it says every item was enqueued, without a traceback
+        assert result.exit_code == 0, result.output
+        assert f"enqueued {count:,} of {count:,} item(s)" in result.output, result.output
+        assert "not enqueued" not in result.output and "Traceback" not in result.output
+        # AND the work queue holds exactly that many messages
+        status = cli("status")
+        assert status["queue"] == {"visible": count, "in_flight": 0, "delayed": 0}
+    finally:
+        # Not drained: the module's stack is shared, and the point here is the enqueue.
+        sqs.purge_queue(QueueUrl=queue_url)

@@ -8,15 +8,20 @@ CLI is driven through a local.env that points at the moto server (SLUICE_LOCAL_E
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from sluice import aws
 from sluice.aws import Queue
+from sluice.chaos.sqs_fault_proxy import FaultPlan, SqsFaultProxy
 from sluice.cli import app
 from sluice.db import Database
 from sluice.enqueue import Enqueuer
@@ -78,10 +83,10 @@ def local_env(fifo_queues: FifoQueues, moto_aws: str, tmp_path: Path,
     return path
 
 
-def cli_json(*args: str) -> dict[str, object]:
+def cli_json(*args: str) -> dict[str, Any]:
     result = CliRunner().invoke(app, [*args, "--stage", "local", "--json"])
     assert result.exit_code == 0, result.output
-    body: dict[str, object] = json.loads(result.stdout)
+    body: dict[str, Any] = json.loads(result.stdout)
     return body
 
 
@@ -91,7 +96,7 @@ def test_dlq_list_shows_reasons_and_releases_the_messages(poisoned: dict[str, st
     # WHEN `sluice dlq list --json` runs
     body = cli_json("dlq", "list")
     # THEN both are listed with the worker's reason, their task, key, group and attempts
-    rows = {m["key"]: m for m in body["messages"]}  # type: ignore[union-attr, index]
+    rows = {m["key"]: m for m in body["messages"]}
     assert set(rows) == {poisoned["key_ghost-a"], poisoned["key_ghost-b"]}
     for who in ("ghost-a", "ghost-b"):
         row = rows[poisoned[f"key_{who}"]]
@@ -223,3 +228,130 @@ def test_redrive_says_when_dead_letters_are_hidden_behind_their_group(
     # AND nothing moved
     assert dead_letters.depth(Queue(fifo_queues.dlq_url)) == 11
     assert dead_letters.depth(Queue(fifo_queues.url)) == 0
+
+
+def dead_letter_invoices(queues: FifoQueues, db: Database, count: int) -> list[str]:
+    """``count`` poison invoices, each for an unknown customer of its own (its own FIFO group),
+    dead-lettered by the real worker; returns their keys."""
+    tag = uuid.uuid4().hex[:8]
+    keys = [f"INV-{tag}-{n}" for n in range(count)]
+    items = [{"task": "invoice.record", "key": k, "group": f"ghost-{tag}-{n}",
+              "payload": {"customer": f"ghost-{tag}-{n}", "amount_cents": 700, "currency": "EUR"}}
+             for n, k in enumerate(keys)]
+    assert Enqueuer(Queue(queues.url)).enqueue({"items": items}).status_code == 202
+    assert run_worker(queues, db) == ["dead_lettered"] * count
+    return keys
+
+
+@pytest.fixture
+def send_fails(fifo_queues: FifoQueues, moto_aws: str, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[SqsFaultProxy]:
+    """The CLI reaches SQS through a fault proxy on which every SendMessageBatch fails with a 500
+    before it reaches the server; every other call (receive, delete, release) passes through."""
+    plan = FaultPlan(rate=1.0, operations=("SendMessageBatch",), kinds=("server_error",),
+                     after_forward_share=0.0)
+    with SqsFaultProxy(moto_aws, plan, seed=3) as proxy:
+        path = tmp_path / "local.env"
+        path.write_text(f"AWS_ENDPOINT_URL={proxy.url}\nSLUICE_QUEUE_URL={fifo_queues.url}\n"
+                        f"SLUICE_DLQ_URL={fifo_queues.dlq_url}\n")
+        monkeypatch.setenv(LOCAL_ENV_FILE_VAR, str(path))
+        yield proxy
+    # The CLI exported the proxy's URL into this process: point every client at moto again.
+    os.environ["AWS_ENDPOINT_URL"] = moto_aws
+    aws.reset_clients()
+
+
+def test_redrive_keeps_the_dead_letter_when_the_re_send_fails(
+        fifo_queues: FifoQueues, db: Database, send_fails: SqsFaultProxy) -> None:
+    # GIVEN two dead letters, and a work queue whose SendMessageBatch fails (after botocore's retries)
+    keys = dead_letter_invoices(fifo_queues, db, 2)
+    # WHEN `sluice dlq redrive --all` runs
+    result = CliRunner().invoke(app, ["dlq", "redrive", "--all", "--stage", "local"])
+    # THEN it exits 1, names each item it could not move and why, and shows no traceback
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "redrove 0 message(s)" in text and "Traceback" not in result.output
+    for key in keys:
+        assert f"failed invoice.record {key}: SQS send_message_batch" in text
+    assert "InternalFailure" in text
+    # AND the re-sends really were tried and failed, none reached the server
+    assert send_fails.counts["SendMessageBatch:server_error:before"] >= 2
+    assert send_fails.counts["SendMessageBatch:forwarded"] == 0
+    # AND both dead letters are still in the DLQ, visible again at once; the work queue got nothing
+    dlq_attributes = fifo_queues.sqs.get_queue_attributes(QueueUrl=fifo_queues.dlq_url,
+                                                          AttributeNames=["All"])["Attributes"]
+    assert (dlq_attributes["ApproximateNumberOfMessages"],
+            dlq_attributes["ApproximateNumberOfMessagesNotVisible"]) == ("2", "0")
+    listed = dead_letters.list_dead_letters(Queue(fifo_queues.dlq_url, sqs=fifo_queues.sqs))
+    assert sorted(x.key for x in listed.letters) == sorted(keys)
+    assert dead_letters.depth(Queue(fifo_queues.url, sqs=fifo_queues.sqs)) == 0
+
+
+def test_dlq_list_limit_shows_at_most_n_and_counts_the_rest(
+        fifo_queues: FifoQueues, db: Database, local_env: Path) -> None:
+    # GIVEN five dead letters, each in a FIFO group of its own
+    keys = dead_letter_invoices(fifo_queues, db, 5)
+    runner = CliRunner()
+    # WHEN `sluice dlq list --limit 3` runs, as JSON and as text
+    as_json = runner.invoke(app, ["dlq", "list", "--limit", "3", "--stage", "local", "--json"])
+    as_text = runner.invoke(app, ["dlq", "list", "--limit", "3", "--stage", "local"])
+    # THEN exactly three of them are shown and the other two are counted as not shown
+    assert as_json.exit_code == 0, as_json.output
+    body = json.loads(as_json.stdout)
+    assert (body["depth"], body["shown"], body["not_shown"]) == (5, 3, 2)
+    assert len(body["messages"]) == 3 and {m["key"] for m in body["messages"]} <= set(keys)
+    assert as_text.exit_code == 0, as_text.output
+    text = " ".join(as_text.output.split())
+    assert "3 shown of about 5" in text and "2 more not shown" in text
+    # AND listing released what it showed: all five are visible again
+    attributes = fifo_queues.sqs.get_queue_attributes(QueueUrl=fifo_queues.dlq_url,
+                                                      AttributeNames=["All"])["Attributes"]
+    assert (attributes["ApproximateNumberOfMessages"], attributes["ApproximateNumberOfMessagesNotVisible"]) == (
+        "5", "0")
+
+
+def backdate_dead_letter(queues: FifoQueues, key: str, hours: float) -> None:
+    """Put the worker's dead letter of ``key`` back into the DLQ as if it had failed ``hours`` ago:
+    same body, group and worker attributes, only ``sluice_failed_at`` moved back."""
+    reply = queues.sqs.receive_message(QueueUrl=queues.dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=30,
+                                       MessageSystemAttributeNames=["All"], MessageAttributeNames=["All"])
+    [message] = [m for m in reply["Messages"] if json.loads(m["Body"])["key"] == key]
+    others = [m["ReceiptHandle"] for m in reply["Messages"] if m is not message]
+    attributes = dict(message["MessageAttributes"])
+    failed_at = datetime.now(UTC) - timedelta(hours=hours)
+    attributes["sluice_failed_at"] = {"DataType": "String",
+                                      "StringValue": failed_at.isoformat(timespec="milliseconds")}
+    queues.sqs.send_message(QueueUrl=queues.dlq_url, MessageBody=message["Body"],
+                            MessageGroupId=message["Attributes"]["MessageGroupId"],
+                            MessageDeduplicationId=f"backdated-{uuid.uuid4().hex}", MessageAttributes=attributes)
+    queues.sqs.delete_message(QueueUrl=queues.dlq_url, ReceiptHandle=message["ReceiptHandle"])
+    for handle in others:
+        queues.sqs.change_message_visibility(QueueUrl=queues.dlq_url, ReceiptHandle=handle, VisibilityTimeout=0)
+
+
+def test_redrive_since_selects_by_the_time_of_dead_lettering(
+        fifo_queues: FifoQueues, db: Database, local_env: Path) -> None:
+    # GIVEN three dead letters: two just now, one (same worker attributes) dead-lettered 3 hours ago
+    fresh_a, fresh_b, old = dead_letter_invoices(fifo_queues, db, 3)
+    backdate_dead_letter(fifo_queues, old, hours=3)
+    listed = dead_letters.list_dead_letters(Queue(fifo_queues.dlq_url)).letters
+    assert {x.key for x in listed} == {fresh_a, fresh_b, old}
+    # WHEN --since is a moment still to come
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat(timespec="seconds")
+    none = cli_json("dlq", "redrive", "--since", future)
+    # THEN it selects none of them and moves nothing
+    assert (none["count"], none["skipped"]) == (0, 3)
+    assert dead_letters.depth(Queue(fifo_queues.dlq_url)) == 3
+    assert dead_letters.depth(Queue(fifo_queues.url)) == 0
+    # WHEN --since reaches back 4 hours, as a dry run
+    wide = cli_json("dlq", "redrive", "--since", "4h", "--dry-run")
+    # THEN the old one is included
+    assert {x["key"] for x in wide["would_redrive"]} == {fresh_a, fresh_b, old}
+    # WHEN `sluice dlq redrive --since 1h` runs
+    moved = cli_json("dlq", "redrive", "--since", "1h")
+    # THEN exactly the two fresh ones move to the work queue; the 3-hour-old one stays in the DLQ
+    assert {x["key"] for x in moved["redriven"]} == {fresh_a, fresh_b} and moved["skipped"] == 1
+    reply = fifo_queues.sqs.receive_message(QueueUrl=fifo_queues.url, MaxNumberOfMessages=10,
+                                            VisibilityTimeout=0)
+    assert sorted(json.loads(m["Body"])["key"] for m in reply["Messages"]) == sorted([fresh_a, fresh_b])
+    assert [x.key for x in dead_letters.list_dead_letters(Queue(fifo_queues.dlq_url)).letters] == [old]
