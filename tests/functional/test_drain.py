@@ -27,15 +27,19 @@ class WorkerStandIn:
     """Applies each record by noting it, deletes it from the queue, answers like sluice's worker.
 
     ``throttle_first`` invokes are refused with a 429, ``fail_first`` answer as a function error;
-    ``work_s`` is how long one batch pretends to work (the duration the budget measures)."""
+    ``work_s`` is how long one batch pretends to work (the duration the budget measures); from
+    call ``slow_from`` on, each batch takes ``slow_s`` instead (a database that slows down)."""
 
     def __init__(
-        self, sqs: Any, *, throttle_first: int = 0, fail_first: int = 0, work_s: float = 0.0
+        self, sqs: Any, *, throttle_first: int = 0, fail_first: int = 0, work_s: float = 0.0,
+        slow_from: int | None = None, slow_s: float = 0.0,
     ) -> None:
         self.sqs = sqs
         self.throttle_first = throttle_first
         self.fail_first = fail_first
         self.work_s = work_s
+        self.slow_from = slow_from
+        self.slow_s = slow_s
         self.lock = threading.Lock()
         self.calls = 0
         self.running = 0
@@ -55,8 +59,9 @@ class WorkerStandIn:
             self.running += 1
             self.peak = max(self.peak, self.running)
         try:
-            if self.work_s:
-                time.sleep(self.work_s)  # the work itself, not a wait for something
+            work_s = self.slow_s if self.slow_from is not None and call >= self.slow_from else self.work_s
+            if work_s:
+                time.sleep(work_s)  # the work itself, not a wait for something
             if call <= self.throttle_first + self.fail_first:
                 return {"StatusCode": 200, "FunctionError": "Unhandled",
                         "Payload": io.BytesIO(b'{"errorMessage": "boom", "errorType": "RuntimeError"}')}
@@ -276,3 +281,22 @@ def test_a_hung_worker_never_keeps_the_drain_past_its_budget(fifo_queues: Any) -
     assert eventually(lambda: sum(len(k) for k in worker.applied.values()) == 2 or None, 10,
                       "the hung worker to finish on its own")
     assert eventually(lambda: depth(fifo_queues.sqs, fifo_queues.url) == (0, 0) or None, 10, "the queue to be empty")
+
+
+def test_a_database_that_slows_down_shrinks_what_the_drain_takes_on(fifo_queues: Any) -> None:
+    # GIVEN a 5 s budget (margin 300 ms), a prior of 200 ms per batch, and a worker whose batches
+    # take 50 ms for the first 4 calls and 1 s from then on
+    fill(fifo_queues, groups=2, per_group=10)
+    worker = WorkerStandIn(fifo_queues.sqs, work_s=0.05, slow_from=5, slow_s=1.0)
+    budget = BatchBudget(5000, prior_ms=200)
+    # WHEN one drain runs batches of 1 on one slot
+    report = drainer(fifo_queues, worker, budget_ms=5000, slots=1, batch_size=1, safety_margin_ms=300,
+                     budget=budget).run()
+    # THEN the prediction followed the measured durations up to the slow batches ...
+    assert budget.predict_ms() >= 1000
+    # ... so the drain kept starting slow batches only while one more fitted, and stopped at the
+    # budget with none left running (a fixed 200 ms prediction would start one with ~0.8 s left)
+    assert report.stopped_because == "budget"
+    assert worker.calls >= 6 and report.unfinished == 0
+    assert report.succeeded == report.dispatched == worker.calls
+    assert report.used_ms < report.budget_ms
