@@ -146,9 +146,9 @@ def test_valid_items_applied_once_and_poison_dead_lettered(stack: LocalStack) ->
 def test_invalid_batch_is_400_and_enqueues_nothing(stack: LocalStack) -> None:
     # GIVEN a batch with one good item, one unknown task and one bad payload
     run = uuid.uuid4().hex[:6]
-    good = f"INV-{run}-good"
+    good, group = f"INV-{run}-good", f"refused-{run}"
     negative = {"customer": "acme", "amount_cents": -1, "currency": "EUR"}
-    items = [invoice(good), {"task": "no.such", "payload": {}},
+    items = [invoice(good, group=group), {"task": "no.such", "payload": {}},
              {"task": "invoice.record", "payload": negative}]
     # WHEN it is POSTed
     status, body = post(stack, {"items": items})
@@ -156,9 +156,10 @@ def test_invalid_batch_is_400_and_enqueues_nothing(stack: LocalStack) -> None:
     assert status == 400, body
     text = json.dumps(body)
     assert "no.such" in text and "amount_cents" in text
-    # AND once a later valid item has drained, the good item of the refused batch is still absent
+    # AND once a later valid item of the SAME group has drained, the good item of the refused
+    # batch is still absent: had it been enqueued, FIFO order would have applied it first
     marker = f"INV-{run}-after"
-    assert post(stack, {"items": [invoice(marker)]})[0] == 202
+    assert post(stack, {"items": [invoice(marker, group=group)]})[0] == 202
     eventually(lambda: invoices(stack, [marker]), 60, "the later item applied")
     assert invoices(stack, [good]) == {}
 
