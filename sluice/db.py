@@ -242,6 +242,11 @@ class Transaction:
         return self._cur.rowcount == 1
 
 
+def _starts_with(prefix: str) -> str:
+    """A LIKE pattern matching strings that start with ``prefix`` taken literally."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 class Database:
     """Credentials plus the one reused connection of this process."""
 
@@ -349,24 +354,32 @@ class Database:
             raise classify(exc) from exc
         return row[0] if row else None
 
-    def count_processed(self) -> int:
-        return int(self._scalar(f"SELECT COUNT(*) FROM {LEDGER_TABLE}"))
+    def count_processed(self, key_prefix: str = "") -> int:
+        """Ledger rows (of items whose key starts with ``key_prefix``)."""
+        if not key_prefix:
+            return int(self._scalar(f"SELECT COUNT(*) FROM {LEDGER_TABLE}"))
+        return int(self._scalar(f"SELECT COUNT(*) FROM {LEDGER_TABLE} WHERE item_key LIKE %s",
+                                (_starts_with(key_prefix),)))
 
     def is_processed(self, dedup_id: str) -> bool:
         return bool(self._scalar(f"SELECT COUNT(*) FROM {LEDGER_TABLE} WHERE dedup_id = %s", (dedup_id,)))
 
-    def count_invoices(self, item_key: str | None = None) -> int:
-        if item_key is None:
-            return int(self._scalar("SELECT COUNT(*) FROM invoices"))
-        return int(self._scalar("SELECT COUNT(*) FROM invoices WHERE item_key = %s", (item_key,)))
+    def count_invoices(self, item_key: str | None = None, *, key_prefix: str = "") -> int:
+        """Invoice rows: all, the one of ``item_key``, or those whose key starts with ``key_prefix``."""
+        if item_key is not None:
+            return int(self._scalar("SELECT COUNT(*) FROM invoices WHERE item_key = %s", (item_key,)))
+        if key_prefix:
+            return int(self._scalar("SELECT COUNT(*) FROM invoices WHERE item_key LIKE %s",
+                                    (_starts_with(key_prefix),)))
+        return int(self._scalar("SELECT COUNT(*) FROM invoices"))
 
     def invoice_keys(self, key_prefix: str) -> list[str]:
         """Keys of the invoices whose key starts with ``key_prefix``, in the order they were committed."""
         conn = self.connection()
-        like = key_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT item_key FROM invoices WHERE item_key LIKE %s ORDER BY id", (like,))
+                cur.execute("SELECT item_key FROM invoices WHERE item_key LIKE %s ORDER BY id",
+                            (_starts_with(key_prefix),))
                 rows = cur.fetchall()
             conn.commit()
         except (pymysql.MySQLError, OSError) as exc:
@@ -377,10 +390,9 @@ class Database:
     def duplicate_invoices(self, key_prefix: str = "") -> int:
         """Keys (starting with ``key_prefix``) applied more than once: an ``apply_count`` above 1, or
         more than one row (which the UNIQUE key should make impossible; counted all the same)."""
-        like = key_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         return int(self._scalar(
             "SELECT COUNT(*) FROM (SELECT item_key FROM invoices WHERE item_key LIKE %s GROUP BY item_key "
-            "HAVING COUNT(*) > 1 OR MAX(apply_count) > 1) d", (like,)
+            "HAVING COUNT(*) > 1 OR MAX(apply_count) > 1) d", (_starts_with(key_prefix),)
         ))
 
     def count_connections(self, program: str = WORKER_PROGRAM) -> int:

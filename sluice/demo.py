@@ -27,14 +27,11 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import typer
 from rich.console import Console
 from rich.live import Live
@@ -42,7 +39,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sluice.aws import Queue, reset_clients
-from sluice.db import DbCredentials
+from sluice.db import Database, DbError
 from sluice.ops.dlq import list_dead_letters
 from sluice.ops.status import QueueCounts, lambda_stats, queue_counts
 
@@ -150,33 +147,29 @@ def send_burst(api_url: str, burst: Burst, threads: int = 4) -> EnqueueOutcome:
 
 
 class DemoDatabase:
+    """What the demo reads back: the rows of one run, whose keys all start ``DEMO-<run>-``."""
+
     def __init__(self, url: str) -> None:
-        self.creds = DbCredentials.from_url(url)
-
-    @contextmanager
-    def cursor(self) -> Iterator[Any]:
-        conn = pymysql.connect(host=self.creds.host, port=self.creds.port, user=self.creds.user,
-                               password=self.creds.password, database=self.creds.database, autocommit=True,
-                               connect_timeout=5)
-        try:
-            with conn.cursor() as cur:
-                yield cur
-        finally:
-            conn.close()
-
-    def one(self, sql: str, *args: Any) -> int:
-        with self.cursor() as cur:
-            cur.execute(sql, args)
-            row = cur.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        self.db = Database(url=url, program="sluice-demo")
 
     def applied(self, run: str) -> int:
-        return self.one("SELECT COUNT(*) FROM invoices WHERE item_key LIKE %s", f"DEMO-{run}-%")
+        return self.db.count_invoices(key_prefix=run_prefix(run))
 
     def applied_keys(self, run: str) -> set[str]:
-        with self.cursor() as cur:
-            cur.execute("SELECT item_key FROM invoices WHERE item_key LIKE %s", (f"DEMO-{run}-%",))
-            return {row[0] for row in cur.fetchall()}
+        return set(self.db.invoice_keys(run_prefix(run)))
+
+    def ledger_rows(self, run: str) -> int:
+        return self.db.count_processed(run_prefix(run))
+
+    def duplicates(self, run: str) -> int:
+        return self.db.duplicate_invoices(run_prefix(run))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def run_prefix(run: str) -> str:
+    return f"DEMO-{run}-"
 
 
 @dataclass
@@ -229,13 +222,12 @@ def summarise(demo: Demo, burst: Burst, sent: EnqueueOutcome, drain_s: float, pe
     db = demo.db
     applied_keys = db.applied_keys(run)
     invoice_rows = db.applied(run)
-    ledger_rows = db.one("SELECT COUNT(*) FROM processed_messages WHERE item_key LIKE %s", f"DEMO-{run}-%")
+    ledger_rows = db.ledger_rows(run)
     # A key applied twice keeps one row (the UNIQUE key) but an apply_count above 1; a second row
     # should be impossible and is counted all the same.
-    duplicates = db.one("SELECT COUNT(*) FROM (SELECT item_key FROM invoices WHERE item_key LIKE %s "
-                        "GROUP BY item_key HAVING COUNT(*) > 1 OR MAX(apply_count) > 1) AS d", f"DEMO-{run}-%")
+    duplicates = db.duplicates(run)
     listing = list_dead_letters(demo.dlq, limit=max(50, len(burst.poison_keys) + 50))
-    ours = [x for x in listing.letters if x.key.startswith(f"DEMO-{run}-")]
+    ours = [x for x in listing.letters if x.key.startswith(run_prefix(run))]
     dead_keys = {x.key for x in ours}
     # Grouped by kind, with one example each: every poison reason names its own customer.
     reasons = Counter(x.error_type or x.reason for x in ours)
@@ -390,7 +382,7 @@ def main(
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping what the demo started[/yellow]")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    except (LocalServiceError, DemoError, pymysql.MySQLError) as exc:
+    except (LocalServiceError, DemoError, DbError) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(3) from None
     finally:
