@@ -373,6 +373,12 @@ class Database:
                                     (_starts_with(key_prefix),)))
         return int(self._scalar("SELECT COUNT(*) FROM invoices"))
 
+    def applications(self, item_key: str) -> int:
+        """How many times the invoice of ``item_key`` was applied: 0 when it never was; above 1
+        when an application got past the ledger (its ``apply_count``; one row either way)."""
+        return int(self._scalar("SELECT COALESCE(SUM(apply_count), 0) FROM invoices WHERE item_key = %s",
+                                (item_key,)))
+
     def invoice_keys(self, key_prefix: str) -> list[str]:
         """Keys of the invoices whose key starts with ``key_prefix``, in the order they were committed."""
         conn = self.connection()

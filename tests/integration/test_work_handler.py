@@ -94,7 +94,7 @@ def test_the_handler_applies_a_batch_and_reuses_its_connection(worker_env: str, 
     assert first["batchItemFailures"] == [] == second["batchItemFailures"]
     assert handler._database.connection().thread_id() == first_session
     checker = Database(url=database_url)
-    assert [checker.count_invoices(k) for k in keys] == [1, 1]
+    assert [checker.applications(k) for k in keys] == [1, 1]
     checker.close()
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     applied = [line for line in lines if line.get("message") == "applied"]
