@@ -3,6 +3,7 @@ plain `serverless deploy` gets), roles of functions, and IAM statements as (acti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -10,34 +11,56 @@ def parameter_defaults(template: dict[str, Any]) -> dict[str, str]:
     return {name: str(p.get("Default", "")) for name, p in template.get("Parameters", {}).items()}
 
 
-def _value(template: dict[str, Any], node: Any) -> Any:
+Params = Mapping[str, str] | None  # parameter values given at deploy time, over the defaults
+
+
+def _parameters(template: dict[str, Any], params: Params) -> dict[str, str]:
+    return {**parameter_defaults(template), **(params or {})}
+
+
+def _value(template: dict[str, Any], node: Any, params: Params = None) -> Any:
     if isinstance(node, dict) and "Ref" in node:
-        return parameter_defaults(template)[node["Ref"]]
+        return _parameters(template, params)[node["Ref"]]
     if isinstance(node, dict) and "Condition" in node:
-        return condition(template, node["Condition"])
+        return condition(template, node["Condition"], params)
     if isinstance(node, dict):
         (fn, args), = node.items()
         if fn == "Fn::Equals":
-            return str(_value(template, args[0])) == str(_value(template, args[1]))
+            return str(_value(template, args[0], params)) == str(_value(template, args[1], params))
         if fn == "Fn::Not":
-            return not _value(template, args[0])
+            return not _value(template, args[0], params)
         if fn == "Fn::And":
-            return all(_value(template, a) for a in args)
+            return all(_value(template, a, params) for a in args)
         if fn == "Fn::Or":
-            return any(_value(template, a) for a in args)
+            return any(_value(template, a, params) for a in args)
         raise AssertionError(f"unexpected function in a condition: {fn}")
     return node
 
 
-def condition(template: dict[str, Any], name: str) -> bool:
-    """The value of one Condition when every parameter keeps its default."""
-    return bool(_value(template, template["Conditions"][name]))
+def condition(template: dict[str, Any], name: str, params: Params = None) -> bool:
+    """The value of one Condition when every parameter keeps its default (or takes ``params``)."""
+    return bool(_value(template, template["Conditions"][name], params))
 
 
-def exists(template: dict[str, Any], logical_id: str) -> bool:
-    """Whether CloudFormation would create the resource under the parameter defaults."""
+def exists(template: dict[str, Any], logical_id: str, params: Params = None) -> bool:
+    """Whether CloudFormation would create the resource under the parameter defaults (or ``params``)."""
     resource = template["Resources"][logical_id]
-    return "Condition" not in resource or condition(template, resource["Condition"])
+    return "Condition" not in resource or condition(template, resource["Condition"], params)
+
+
+def resolve(template: dict[str, Any], node: Any, params: Params = None) -> Any:
+    """``node`` with each Fn::If decided and each Ref to a parameter replaced by its value
+    (Refs to resources stay as they are)."""
+    if isinstance(node, list):
+        return [resolve(template, n, params) for n in node]
+    if isinstance(node, dict) and "Fn::If" in node:
+        name, when_true, when_false = node["Fn::If"]
+        return resolve(template, when_true if condition(template, name, params) else when_false, params)
+    if isinstance(node, dict) and "Ref" in node and node["Ref"] in template.get("Parameters", {}):
+        return _parameters(template, params)[node["Ref"]]
+    if isinstance(node, dict):
+        return {k: resolve(template, v, params) for k, v in node.items()}
+    return node
 
 
 def role_of(template: dict[str, Any], function_logical_id: str) -> dict[str, Any]:

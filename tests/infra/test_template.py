@@ -14,7 +14,7 @@ import pytest
 from sluice.functions import function_table
 from sluice.settings import PROJECT_ROOT, RUNTIME_ENV_NAMES
 
-from .cfn import condition, exists, grants, role_of
+from .cfn import condition, exists, grants, parameter_defaults, resolve, role_of
 from .conftest import Packaged
 
 pytestmark = pytest.mark.infra
@@ -167,6 +167,35 @@ def test_secret_is_made_by_the_stack_with_the_configured_name(packaged: Packaged
     assert secret["Properties"]["Name"] == db.secret
     assert '"engine": "mariadb"' in secret["Properties"]["GenerateSecretString"]["SecretStringTemplate"]
     assert secret["Properties"]["GenerateSecretString"]["GenerateStringKey"] == "password"
+
+
+def test_stage_choices_are_parameters_defaulting_to_the_config(packaged: Packaged) -> None:
+    # GIVEN the stage's settings / THEN a plain `serverless deploy` gets them as parameter defaults
+    s = packaged.settings
+    assert parameter_defaults(packaged.template) == {
+        "DatabaseManaged": str(s.database.managed).lower(), "ExistingDatabaseSecretArn": s.database.existing_secret_arn,
+        "AlarmTopicArn": s.alarms.topic_arn, "AlarmEmail": s.alarms.email, "Stage": s.stage}
+
+
+def test_an_existing_topic_and_secret_are_used_instead_of_new_ones(dev: Packaged) -> None:
+    # GIVEN alarms.topic_arn and database.existing_secret_arn set (as the parameters they become)
+    template = dev.template
+    topic = "arn:aws:sns:us-east-1:123456789012:ops-alarms"
+    secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:shared-db-AbCdEf"
+    params = {"AlarmTopicArn": topic, "ExistingDatabaseSecretArn": secret, "AlarmEmail": "ops@example.com"}
+    # THEN the stack makes no topic, subscription or secret of its own ...
+    for made in ("AlarmTopic", "AlarmEmailSubscription", "DatabaseSecret", "DatabaseSecretAttachment"):
+        assert not exists(template, made, params), made
+    # ... every alarm notifies the given topic ...
+    alarms = [v["Properties"] for v in template["Resources"].values() if v["Type"] == "AWS::CloudWatch::Alarm"]
+    assert alarms and all(resolve(template, a["AlarmActions"], params) == [topic] for a in alarms)
+    # ... and the worker and migrate read the given secret, and may read only that one
+    for key in ("worker", "migrate"):
+        props = template["Resources"][logical_id(key)]["Properties"]
+        assert resolve(template, props["Environment"]["Variables"]["SLUICE_DB_SECRET_ID"], params) == secret
+        statements = [st for p in role_of(template, logical_id(key))["Properties"]["Policies"]
+                      for st in p["PolicyDocument"]["Statement"] if "secretsmanager:GetSecretValue" in st["Action"]]
+        assert [resolve(template, st["Resource"], params) for st in statements] == [secret], key
 
 
 def test_dev_has_no_database_resources_and_iam_auth(dev: Packaged) -> None:
