@@ -355,9 +355,7 @@ class Database:
         return row[0] if row else None
 
     def count_processed(self, key_prefix: str = "") -> int:
-        """Ledger rows (of items whose key starts with ``key_prefix``)."""
-        if not key_prefix:
-            return int(self._scalar(f"SELECT COUNT(*) FROM {LEDGER_TABLE}"))
+        """Ledger rows of the items whose key starts with ``key_prefix`` (all by default)."""
         return int(self._scalar(f"SELECT COUNT(*) FROM {LEDGER_TABLE} WHERE item_key LIKE %s",
                                 (_starts_with(key_prefix),)))
 
@@ -365,13 +363,12 @@ class Database:
         return bool(self._scalar(f"SELECT COUNT(*) FROM {LEDGER_TABLE} WHERE dedup_id = %s", (dedup_id,)))
 
     def count_invoices(self, item_key: str | None = None, *, key_prefix: str = "") -> int:
-        """Invoice rows: all, the one of ``item_key``, or those whose key starts with ``key_prefix``."""
+        """Invoice rows: the one of ``item_key``, else those whose key starts with ``key_prefix``
+        (all by default)."""
         if item_key is not None:
             return int(self._scalar("SELECT COUNT(*) FROM invoices WHERE item_key = %s", (item_key,)))
-        if key_prefix:
-            return int(self._scalar("SELECT COUNT(*) FROM invoices WHERE item_key LIKE %s",
-                                    (_starts_with(key_prefix),)))
-        return int(self._scalar("SELECT COUNT(*) FROM invoices"))
+        return int(self._scalar("SELECT COUNT(*) FROM invoices WHERE item_key LIKE %s",
+                                (_starts_with(key_prefix),)))
 
     def applications(self, item_key: str) -> int:
         """How many times the invoice of ``item_key`` was applied: 0 when it never was; above 1

@@ -164,9 +164,6 @@ class DemoDatabase:
     def duplicates(self, run: str) -> int:
         return self.db.duplicate_invoices(run_prefix(run))
 
-    def close(self) -> None:
-        self.db.close()
-
 
 def run_prefix(run: str) -> str:
     return f"DEMO-{run}-"

@@ -33,18 +33,6 @@ pytestmark = pytest.mark.functional
 CLI = [sys.executable, "-c", "from sluice.cli import main; main()"]
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _WORK_ROW = re.compile(r"│ work\s+│\s+([\d,]+) │")
-# sluice.stage.LOCAL_ENV_FILE_VAR (importing sluice.stage before sluice.cli is an import cycle).
-LOCAL_ENV_FILE_VAR = "SLUICE_LOCAL_ENV_FILE"
-
-
-@pytest.fixture
-def local_env(fifo_queues: FifoQueues, moto_aws: str, tmp_path: Path,
-              monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "local.env"
-    path.write_text(f"AWS_ENDPOINT_URL={moto_aws}\nSLUICE_QUEUE_URL={fifo_queues.url}\n"
-                    f"SLUICE_DLQ_URL={fifo_queues.dlq_url}\n")
-    monkeypatch.setenv(LOCAL_ENV_FILE_VAR, str(path))
-    return path
 
 
 def enqueue_one(queues: FifoQueues) -> None:
@@ -87,22 +75,28 @@ def work_rows(screen: str) -> list[int]:
     return [int(n.replace(",", "")) for n in _WORK_ROW.findall(_ANSI.sub("", screen))]
 
 
+def reap(proc: subprocess.Popen[bytes]) -> None:
+    """Kill ``proc`` if it still runs, so a failed test leaves no process behind."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def stop(proc: subprocess.Popen[bytes]) -> int:
+    """Ctrl-C, as a user would; its exit code."""
     proc.send_signal(signal.SIGINT)
     try:
         return proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
 
 
 def test_status_watch_redraws_on_a_terminal_until_ctrl_c(fifo_queues: FifoQueues, local_env: Path) -> None:
     # GIVEN an empty work queue and `sluice status --watch --interval 0.2` on a terminal
-    env = {**os.environ, LOCAL_ENV_FILE_VAR: str(local_env)}
     controller, terminal = pty.openpty()
+    # (the child inherits the environment, where local_env put the CLI's local.env)
     proc = subprocess.Popen([*CLI, "status", "--watch", "--interval", "0.2", "--stage", "local"],
-                            cwd=PROJECT_ROOT, env=env, stdin=terminal, stdout=terminal, stderr=terminal)
+                            cwd=PROJECT_ROOT, stdin=terminal, stdout=terminal, stderr=terminal)
     os.close(terminal)
     screen = Output(lambda: os.read(controller, 65536))
     try:
@@ -112,9 +106,7 @@ def test_status_watch_redraws_on_a_terminal_until_ctrl_c(fifo_queues: FifoQueues
         eventually(lambda: 1 in work_rows(screen.text()), 30, "a later frame showing the item")
         code = stop(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
         output = screen.finish()
         os.close(controller)
     # THEN it exits 0 without a traceback, having drawn at least two frames, the item only in a later one
@@ -149,7 +141,7 @@ def test_status_watch_json_writes_one_document_per_snapshot_until_ctrl_c(
         fifo_queues: FifoQueues, local_env: Path) -> None:
     # GIVEN an empty work queue and `sluice status --watch --json` writing into a pipe (block-buffered,
     # as from a user's shell: no PYTHONUNBUFFERED)
-    env = {**os.environ, LOCAL_ENV_FILE_VAR: str(local_env)}
+    env = dict(os.environ)  # with the CLI's local.env that local_env put there
     env.pop("PYTHONUNBUFFERED", None)
     proc = subprocess.Popen([*CLI, "status", "--watch", "--interval", "2", "--json", "--stage", "local"],
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -165,9 +157,7 @@ def test_status_watch_json_writes_one_document_per_snapshot_until_ctrl_c(
         eventually(lambda: 1 in visible_counts(out.text()), 30, "a later snapshot showing the item")
         code = stop(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
     stdout, stderr = out.finish(), err.finish()
     # THEN it exits 0 without a traceback
     assert code == 0, stderr

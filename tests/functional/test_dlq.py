@@ -29,6 +29,7 @@ from sluice.ops import dlq as dead_letters
 from sluice.stage import LOCAL_ENV_FILE_VAR
 from sluice.work import work
 from tests.conftest import FifoQueues
+from tests.functional.conftest import point_cli_at
 from tests.helpers import sql
 
 pytestmark = pytest.mark.functional
@@ -71,16 +72,6 @@ def poisoned(fifo_queues: FifoQueues, db: Database) -> dict[str, str]:
     assert sorted(outcomes) == ["dead_lettered", "dead_lettered", "done"]
     return {"tag": tag, **{f"key_{c}": k for c, k in keys.items()}, **{f"customer_{c}": v for c, v in
                                                                        customers.items()}}
-
-
-@pytest.fixture
-def local_env(fifo_queues: FifoQueues, moto_aws: str, tmp_path: Path,
-              monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "local.env"
-    path.write_text(f"AWS_ENDPOINT_URL={moto_aws}\nSLUICE_QUEUE_URL={fifo_queues.url}\n"
-                    f"SLUICE_DLQ_URL={fifo_queues.dlq_url}\n")
-    monkeypatch.setenv(LOCAL_ENV_FILE_VAR, str(path))
-    return path
 
 
 def cli_json(*args: str) -> dict[str, Any]:
@@ -251,10 +242,7 @@ def send_fails(fifo_queues: FifoQueues, moto_aws: str, tmp_path: Path,
     plan = FaultPlan(rate=1.0, operations=("SendMessageBatch",), kinds=("server_error",),
                      after_forward_share=0.0)
     with SqsFaultProxy(moto_aws, plan, seed=3) as proxy:
-        path = tmp_path / "local.env"
-        path.write_text(f"AWS_ENDPOINT_URL={proxy.url}\nSLUICE_QUEUE_URL={fifo_queues.url}\n"
-                        f"SLUICE_DLQ_URL={fifo_queues.dlq_url}\n")
-        monkeypatch.setenv(LOCAL_ENV_FILE_VAR, str(path))
+        point_cli_at(monkeypatch, tmp_path / "local.env", proxy.url, fifo_queues)
         yield proxy
     # The CLI exported the proxy's URL into this process: point every client at moto again.
     os.environ["AWS_ENDPOINT_URL"] = moto_aws

@@ -24,15 +24,19 @@ def thread_id(db: Database) -> int:
         return int(tx._cur.fetchone()[0])
 
 
+def kill_on_the_server(connection_id: int) -> None:
+    admin = connect_admin(admin_url())
+    with admin.cursor() as cur:
+        cur.execute(f"KILL CONNECTION {connection_id}")
+    admin.close()
+
+
 def test_a_connection_the_server_dropped_is_replaced_after_idling(database_url: str) -> None:
     # GIVEN a warm connection that counts as idle at once
     db = Database(url=database_url, revalidate_after_s=0)
     first = thread_id(db)
     # WHEN the server drops it (as wait_timeout or a restart would)
-    admin = connect_admin(admin_url())
-    with admin.cursor() as cur:
-        cur.execute(f"KILL CONNECTION {first}")
-    admin.close()
+    kill_on_the_server(first)
     # THEN the next use pings, finds it dead, and works on a new connection instead of failing
     assert thread_id(db) != first
     db.close()
@@ -88,10 +92,7 @@ def test_the_killed_connection_is_not_handed_out_again(database_url: str) -> Non
     # GIVEN a connection the server dropped, within the revalidation interval (no ping)
     db = Database(url=database_url, revalidate_after_s=3600)
     first = thread_id(db)
-    admin = connect_admin(admin_url())
-    with admin.cursor() as cur:
-        cur.execute(f"KILL CONNECTION {first}")
-    admin.close()
+    kill_on_the_server(first)
     # WHEN a transaction runs on it, it fails as a transient (retryable) error
     with pytest.raises(TransientDbError):
         thread_id(db)

@@ -20,13 +20,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from awslambdaric.lambda_context import LambdaContext
 from botocore.exceptions import ClientError
 
 from sluice.db import Database
-from tests.conftest import REGION, FifoQueues
+from tests.conftest import FifoQueues
 from tests.fixtures.events import http_api_event, scheduled_event
-from tests.helpers import depth
+from tests.helpers import depth, lambda_context
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +33,6 @@ CAP = 4
 WORKER_TIMEOUT_S = 10
 CONSUMER_BUDGET_S = 20
 POISON = {37, 111, 250, 333, 499}  # items for a customer that does not exist
-
-
-def lambda_context(name: str, timeout_s: float) -> LambdaContext:
-    deadline_ms = int(time.time() * 1000 + timeout_s * 1000)
-    return LambdaContext(f"req-{uuid.uuid4().hex[:8]}", None, None, deadline_ms,
-                         f"arn:aws:lambda:{REGION}:123456789012:function:{name}")
 
 
 class InProcessLambda:
