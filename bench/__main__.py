@@ -87,8 +87,8 @@ def _bench_errors() -> tuple[type[BaseException], ...]:
     from bench.plot import PlotUnavailableError
     from bench.scenarios.cold_import import ImportBenchError
     from sluice.db import DbError
-    from sluice.local.processes import LocalServiceError
     from sluice.settings import SettingsError
+    from sluice_tools.local.processes import LocalServiceError
 
     return (DbError, LocalServiceError, SettingsError, PlotUnavailableError, ImportBenchError, RuntimeError,
             OSError)

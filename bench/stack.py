@@ -22,15 +22,15 @@ from botocore.config import Config
 
 from bench.counting_proxy import CountingProxy
 from sluice.aws import Queue
-from sluice.functions import function_table
-from sluice.local.fauxqs import FauxqsServer
-from sluice.local.lambda_service import LambdaService
-from sluice.local.processes import StartStopContext, free_port
-from sluice.local.resources import create_queues
-from sluice.local.runtime_api import FunctionDefinition
 from sluice.migrations import apply_migrations
-from sluice.ops.status import queue_counts
 from sluice.settings import PROJECT_ROOT, Settings, load_settings
+from sluice_tools.functions import function_table
+from sluice_tools.local.fauxqs import FauxqsServer
+from sluice_tools.local.lambda_service import LambdaService
+from sluice_tools.local.processes import StartStopContext, free_port
+from sluice_tools.local.resources import create_queues
+from sluice_tools.local.runtime_api import FunctionDefinition
+from sluice_tools.ops.status import queue_counts
 
 REGION = "us-east-1"
 ADMIN_URL_ENV = "DATABASE_ADMIN_URL"

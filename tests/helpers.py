@@ -13,11 +13,11 @@ from awslambdaric.lambda_context import LambdaContext
 
 from sluice.aws import Queue
 from sluice.db import DbCredentials
-from sluice.local.processes import poll_until
-from sluice.ops.status import queue_counts
+from sluice_tools.local.processes import poll_until
+from sluice_tools.ops.status import queue_counts
 
 if TYPE_CHECKING:
-    from sluice.local.stack import LocalStack
+    from sluice_tools.local.stack import LocalStack
 
 T = TypeVar("T")
 

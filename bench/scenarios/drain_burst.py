@@ -19,7 +19,7 @@ from bench.scenarios.enqueue_rate import timed_enqueue
 from bench.stack import BenchStack, ScratchDatabase
 from bench.timeline import Sample, TimelineSampler
 from bench.writers import invoice_item
-from sluice.ops.prices import price
+from sluice_tools.ops.prices import price
 
 # Actions the bench itself sends through the proxy (never the consumer or workers).
 _BENCH_OWN = {"CreateQueue", "SendMessageBatch"}

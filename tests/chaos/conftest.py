@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from sluice.chaos.runner import ScenarioResult, format_table
+from sluice_tools.chaos.runner import ScenarioResult, format_table
 
 FULL = os.environ.get("SLUICE_CHAOS_FULL") == "1"
 RESULTS: list[ScenarioResult] = []

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sluice.chaos.runner import ChaosRun, ScenarioResult, make_items, wait_for
-from sluice.chaos.sqs_fault_proxy import FaultPlan
+from sluice_tools.chaos.runner import ChaosRun, ScenarioResult, make_items, wait_for
+from sluice_tools.chaos.sqs_fault_proxy import FaultPlan
 
 pytestmark = pytest.mark.chaos
 

@@ -9,8 +9,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from sluice.chaos.queues import ChaosQueues, make_queues
-from sluice.chaos.sqs_fault_proxy import FaultPlan, FaultProxyError, SqsFaultProxy
+from sluice_tools.chaos.queues import ChaosQueues, make_queues
+from sluice_tools.chaos.sqs_fault_proxy import FaultPlan, FaultProxyError, SqsFaultProxy
 
 pytestmark = pytest.mark.chaos
 

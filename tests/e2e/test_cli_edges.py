@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sluice import aws
-from sluice.cli import app
-from sluice.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE
+from sluice_tools.cli import app
+from sluice_tools.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE
 
 pytestmark = pytest.mark.e2e
 

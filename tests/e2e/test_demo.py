@@ -23,7 +23,7 @@ def test_demo_smoke_run_exits_0_with_invariants_from_the_database(tmp_path: Path
     try:
         # WHEN the demo runs with 200 invoices, 3 of them poison and 4 keys sent twice
         done = subprocess.run(
-            [sys.executable, "-m", "sluice.demo", "--items", "200", "--poison", "3", "--duplicates", "4",
+            [sys.executable, "-m", "sluice_tools.demo", "--items", "200", "--poison", "3", "--duplicates", "4",
              "--request-size", "50", "--timeout", "120", "--database-url", f"mysql://root@127.0.0.1:3306/{name}",
              "--local-dir", str(tmp_path / "stack"), "--json-out", str(summary)],
             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240)
@@ -59,7 +59,7 @@ def test_demo_with_a_malformed_database_url_is_one_line_and_exit_3(tmp_path: Pat
     # GIVEN a database URL whose port is not a number
     # WHEN the demo runs with it
     done = subprocess.run(
-        [sys.executable, "-m", "sluice.demo", "--items", "10", "--database-url", "mysql://root@127.0.0.1:x/db",
+        [sys.executable, "-m", "sluice_tools.demo", "--items", "10", "--database-url", "mysql://root@127.0.0.1:x/db",
          "--local-dir", str(tmp_path / "stack")],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     # THEN it exits 3 with the reason, no traceback, and nothing left running

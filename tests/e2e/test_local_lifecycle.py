@@ -21,13 +21,13 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from sluice.local.http_api import MAX_BODY_BYTES, HttpApi, lambda_invoker
-from sluice.local.lambda_service import FunctionDefinition, LambdaService
 from sluice.settings import PROJECT_ROOT
+from sluice_tools.local.http_api import MAX_BODY_BYTES, HttpApi, lambda_invoker
+from sluice_tools.local.lambda_service import FunctionDefinition, LambdaService
 
 pytestmark = pytest.mark.e2e
 
-CLI = [sys.executable, "-c", "from sluice.cli import main; main()"]
+CLI = [sys.executable, "-c", "from sluice_tools.cli import main; main()"]
 HERE = Path(__file__).parent
 
 

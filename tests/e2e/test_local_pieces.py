@@ -15,16 +15,16 @@ import boto3
 import pymysql
 import pytest
 
-from sluice.local.env import LocalStackNotRunningError, read_local_env, write_local_env
-from sluice.local.fauxqs import FauxqsServer
-from sluice.local.http_api import MAX_BODY_BYTES, HttpApi, lambda_invoker
-from sluice.local.lambda_service import FunctionDefinition, LambdaService
-from sluice.local.mariadb import DatabaseUrl, PrivateMariaDB, answers, ensure_database
-from sluice.local.moto_server import MotoServer
-from sluice.local.processes import LocalServiceError, is_listening
-from sluice.local.resources import create_db_secret, create_queues
-from sluice.local.scheduler import scheduled_event
 from sluice.settings import load_settings
+from sluice_tools.local.env import LocalStackNotRunningError, read_local_env, write_local_env
+from sluice_tools.local.fauxqs import FauxqsServer
+from sluice_tools.local.http_api import MAX_BODY_BYTES, HttpApi, lambda_invoker
+from sluice_tools.local.lambda_service import FunctionDefinition, LambdaService
+from sluice_tools.local.mariadb import DatabaseUrl, PrivateMariaDB, answers, ensure_database
+from sluice_tools.local.moto_server import MotoServer
+from sluice_tools.local.processes import LocalServiceError, is_listening
+from sluice_tools.local.resources import create_db_secret, create_queues
+from sluice_tools.local.scheduler import scheduled_event
 from tests.fixtures.events import HTTP_API, SCHEDULED, load_event
 
 pytestmark = pytest.mark.e2e

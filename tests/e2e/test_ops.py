@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 
 from sluice import aws
 from sluice.aws import Queue
-from sluice.cli import app
 from sluice.enqueue import Enqueuer
-from sluice.local.env import ENDPOINT_ENV_KEYS
-from sluice.local.stack import LocalStack
 from sluice.settings import load_settings
-from sluice.stage import LOCAL_ENV_FILE_VAR
+from sluice_tools.cli import app
+from sluice_tools.local.env import ENDPOINT_ENV_KEYS
+from sluice_tools.local.stack import LocalStack
+from sluice_tools.stage import LOCAL_ENV_FILE_VAR
 from tests.helpers import drop_machine_database, eventually
 from tests.helpers import stack_sql as query
 

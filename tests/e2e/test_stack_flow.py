@@ -13,8 +13,8 @@ from typing import Any
 import boto3
 import pytest
 
-from sluice.local.stack import LocalStack
 from sluice.settings import Settings, load_settings
+from sluice_tools.local.stack import LocalStack
 from tests.helpers import drop_machine_database, eventually
 from tests.helpers import stack_sql as query
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import sluice.cli  # noqa: F401  sluice.stage imports sluice.cli.common, which needs the package loaded first
-from sluice.stage import LOCAL_ENV_FILE_VAR
+import sluice_tools.cli  # noqa: F401  sluice_tools.stage imports sluice_tools.cli.common, which needs the package loaded first
+from sluice_tools.stage import LOCAL_ENV_FILE_VAR
 from tests.conftest import FifoQueues
 
 

@@ -30,7 +30,7 @@ from tests.helpers import eventually
 
 pytestmark = pytest.mark.functional
 
-CLI = [sys.executable, "-c", "from sluice.cli import main; main()"]
+CLI = [sys.executable, "-c", "from sluice_tools.cli import main; main()"]
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _WORK_ROW = re.compile(r"│ work\s+│\s+([\d,]+) │")
 

@@ -21,13 +21,13 @@ from typer.testing import CliRunner
 
 from sluice import aws
 from sluice.aws import Queue
-from sluice.chaos.sqs_fault_proxy import FaultPlan, SqsFaultProxy
-from sluice.cli import app
 from sluice.db import Database
 from sluice.enqueue import Enqueuer
-from sluice.ops import dlq as dead_letters
-from sluice.stage import LOCAL_ENV_FILE_VAR
 from sluice.work import work
+from sluice_tools.chaos.sqs_fault_proxy import FaultPlan, SqsFaultProxy
+from sluice_tools.cli import app
+from sluice_tools.ops import dlq as dead_letters
+from sluice_tools.stage import LOCAL_ENV_FILE_VAR
 from tests.conftest import FifoQueues
 from tests.functional.conftest import point_cli_at
 from tests.helpers import sql

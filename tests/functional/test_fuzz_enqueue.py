@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from openapi_schema_validator import OAS31Validator
 
 from sluice import aws
-from sluice.chaos.queues import ChaosQueues, make_queues
 from sluice.envelope import MAX_GROUP_LENGTH, MAX_KEY_LENGTH, dedup_id, default_key
-from sluice.local.fauxqs import FauxqsServer
+from sluice_tools.chaos.queues import ChaosQueues, make_queues
+from sluice_tools.local.fauxqs import FauxqsServer
 from tests.fixtures.events import http_api_event
 
 pytestmark = pytest.mark.functional

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from test_fuzz_enqueue import OPENAPI, expected_ids, load_openapi, requests_, response_validators
 
-from sluice.chaos.runner import ChaosRun
+from sluice_tools.chaos.runner import ChaosRun
 
 pytestmark = pytest.mark.functional
 

@@ -19,8 +19,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from sluice.local.lambda_service import FunctionDefinition, LambdaService, LambdaServiceError
-from sluice.local.stack import pid_alive
+from sluice_tools.local.lambda_service import FunctionDefinition, LambdaService, LambdaServiceError
+from sluice_tools.local.stack import pid_alive
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.functional
@@ -248,7 +248,7 @@ def test_module_entry_serves_and_cleans_up_on_sigterm(tmp_path: Path) -> None:
     spec.write_text(json.dumps({"log_dir": str(tmp_path / "logs"), "functions": [
         {"name": "echo", "handler": "toy.echo", "timeout_s": 3, "cwd": FIXTURES}]}))
     ready = tmp_path / "url"
-    proc = subprocess.Popen([sys.executable, "-m", "sluice.local.lambda_service", "--spec", str(spec),
+    proc = subprocess.Popen([sys.executable, "-m", "sluice_tools.local.lambda_service", "--spec", str(spec),
                              "--ready-file", str(ready)], stdout=subprocess.DEVNULL)
     try:
         url = wait_for(lambda: ready.exists() and ready.read_text(), what="service ready file")
@@ -272,7 +272,7 @@ def test_bad_spec_is_a_clear_error(tmp_path: Path) -> None:
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"functions": [{"name": "x"}]}))
     # WHEN the module entry is run on it
-    done = subprocess.run([sys.executable, "-m", "sluice.local.lambda_service", "--spec", str(spec)],
+    done = subprocess.run([sys.executable, "-m", "sluice_tools.local.lambda_service", "--spec", str(spec)],
                           capture_output=True, text=True, timeout=30)
     # THEN it exits 2 with a message, not a traceback
     assert done.returncode == 2

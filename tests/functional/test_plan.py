@@ -29,8 +29,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from sluice.cli import app
-from sluice.ops.plan import PlanError, PlanInputs, make_plan
+from sluice_tools.cli import app
+from sluice_tools.ops.plan import PlanError, PlanInputs, make_plan
 
 pytestmark = pytest.mark.functional
 

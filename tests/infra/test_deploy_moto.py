@@ -17,8 +17,8 @@ from typing import Any
 import boto3
 import pytest
 
-from sluice.functions import function_table
 from sluice.settings import RUNTIME_ENV_NAMES
+from sluice_tools.functions import function_table
 
 from .conftest import Packaged
 from .test_template import EXPECTED_GRANTS, GUARDED

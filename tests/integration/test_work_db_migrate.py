@@ -10,9 +10,9 @@ import pytest
 from awslambdaric.lambda_context import LambdaContext
 from typer.testing import CliRunner
 
-from sluice.cli import app
-from sluice.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE
 from sluice.db import Database, connect_admin
+from sluice_tools.cli import app
+from sluice_tools.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE
 from tests.conftest import admin_url, free_port
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sluice.local.mariadb import DatabaseUnavailableError, DatabaseUrl
+from sluice_tools.local.mariadb import DatabaseUnavailableError, DatabaseUrl
 
 pytestmark = pytest.mark.unit
 

@@ -20,7 +20,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pymysql
 
-from sluice.local.processes import LOOPBACK, ChildProcess, LocalServiceError, choose_port, wait_until
+from sluice_tools.local.processes import LOOPBACK, ChildProcess, LocalServiceError, choose_port, wait_until
 
 MACHINE_PORT = 3306
 INSTALL_HINT = (

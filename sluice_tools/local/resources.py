@@ -14,8 +14,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sluice.local.mariadb import DatabaseUrl
 from sluice.settings import Settings
+from sluice_tools.local.mariadb import DatabaseUrl
 
 
 class ResourceError(RuntimeError):

@@ -40,8 +40,8 @@ from rich.table import Table
 
 from sluice.aws import Queue, reset_clients
 from sluice.db import Database, DbError
-from sluice.ops.dlq import list_dead_letters
-from sluice.ops.status import QueueCounts, lambda_stats, queue_counts
+from sluice_tools.ops.dlq import list_dead_letters
+from sluice_tools.ops.status import QueueCounts, lambda_stats, queue_counts
 
 CUSTOMERS = ("acme", "globex", "initech", "umbrella", "hooli")
 CURRENCIES = ("EUR", "USD", "GBP", "CHF")
@@ -331,10 +331,10 @@ def main(
     json_out: Path = typer.Option(None, "--json-out", help="Also write the summary as JSON here."),
 ) -> None:
     """Start the local stack, POST a burst of invoices, watch it drain, check the result."""
-    from sluice.local.env import LOCAL_DIR, read_local_env
-    from sluice.local.processes import LocalServiceError
-    from sluice.local.stack import LocalStack, running_stack
     from sluice.settings import SettingsError, load_settings
+    from sluice_tools.local.env import LOCAL_DIR, read_local_env
+    from sluice_tools.local.processes import LocalServiceError
+    from sluice_tools.local.stack import LocalStack, running_stack
 
     # SIGTERM (e.g. from `make` being stopped) cleans up like Ctrl-C.
     signal.signal(signal.SIGINT, _interrupt_once)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import typer
 from rich.table import Table
 
-from sluice.cli.common import (
+from sluice_tools.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
     CliError,
@@ -19,8 +19,8 @@ from sluice.cli.common import (
     console,
     emit_json,
 )
-from sluice.ops import dlq as dead_letters
-from sluice.stage import reaching, resolve_stage
+from sluice_tools.ops import dlq as dead_letters
+from sluice_tools.stage import reaching, resolve_stage
 
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter queue: list, redrive, purge.")
 

@@ -4,7 +4,7 @@ then a count from the database and the queues.
 The stack is the real one (`LocalStack`: fauxqs, the Lambda service running the real
 handlers in warm processes, the HTTP API, the schedule, MariaDB), with the SQS fault proxy
 always in between (at rate 0 unless the scenario breaks SQS) and the test-only task
-``chaos.apply`` loaded (see sluice.chaos.tasks). Nothing is faked: items go in through
+``chaos.apply`` loaded (see sluice_tools.chaos.tasks). Nothing is faked: items go in through
 ``POST /jobs`` and are counted in ``chaos_effects``, ``processed_messages`` and the DLQ.
 """
 
@@ -27,14 +27,14 @@ import boto3
 import pymysql
 
 from sluice.aws import Queue
-from sluice.chaos.sqs_fault_proxy import FaultPlan, SqsFaultProxy
-from sluice.chaos.tasks import EFFECTS_TABLE_SQL
-from sluice.local.fauxqs import FauxqsServer
-from sluice.local.mariadb import DatabaseUrl, PrivateMariaDB
-from sluice.local.processes import StartStopContext, poll_until
-from sluice.local.stack import LocalStack
-from sluice.ops.status import queue_counts
 from sluice.settings import Settings
+from sluice_tools.chaos.sqs_fault_proxy import FaultPlan, SqsFaultProxy
+from sluice_tools.chaos.tasks import EFFECTS_TABLE_SQL
+from sluice_tools.local.fauxqs import FauxqsServer
+from sluice_tools.local.mariadb import DatabaseUrl, PrivateMariaDB
+from sluice_tools.local.processes import StartStopContext, poll_until
+from sluice_tools.local.stack import LocalStack
+from sluice_tools.ops.status import queue_counts
 
 MACHINE_DB = "mysql://root@127.0.0.1:3306/"
 
@@ -170,7 +170,7 @@ class ChaosRun(StartStopContext):
         db_url = str(DatabaseUrl.parse(self._admin_url).with_database(self._db_name))
         self.stack = LocalStack(self.settings, sqs=proxy_url, database_url=db_url, tick_s=self.tick_s,
                                 local_dir=self.work_dir / "stack", write_env=False, schedule=True,
-                                extra_function_env={"SLUICE_EXTRA_TASK_MODULES": "sluice.chaos.tasks",
+                                extra_function_env={"SLUICE_EXTRA_TASK_MODULES": "sluice_tools.chaos.tasks",
                                                     "SLUICE_CHAOS_DIR": str(self.chaos_dir),
                                                     "POWERTOOLS_LOG_LEVEL": "WARNING"})
         self.stack.start()

@@ -12,7 +12,7 @@ from types import FrameType
 
 import typer
 
-from sluice.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, JsonOption, command, console, emit_json, fail
+from sluice_tools.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, JsonOption, command, console, emit_json, fail
 
 # Hidden: a test (or a second stack beside the project's) keeps its state out of .sluice/.
 LocalDirOption = typer.Option(None, "--local-dir", hidden=True, help="State directory (default .sluice).")
@@ -33,7 +33,7 @@ def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def _state_dir(local_dir: Path | None) -> Path:
-    from sluice.local.env import LOCAL_DIR
+    from sluice_tools.local.env import LOCAL_DIR
 
     return (local_dir or LOCAL_DIR).resolve()
 
@@ -51,10 +51,10 @@ def up(
     local_dir: Path = LocalDirOption,
 ) -> None:
     """Start the local stack (foreground until Ctrl-C, or --detach)."""
-    from sluice.local.env import read_local_env
-    from sluice.local.processes import LocalServiceError
-    from sluice.local.stack import LocalStack, pid_alive, running_stack
     from sluice.settings import load_settings
+    from sluice_tools.local.env import read_local_env
+    from sluice_tools.local.processes import LocalServiceError
+    from sluice_tools.local.stack import LocalStack, pid_alive, running_stack
 
     settings = load_settings(stage)
     state_dir = _state_dir(local_dir)
@@ -66,7 +66,7 @@ def up(
     if detach:
         state_dir.mkdir(parents=True, exist_ok=True)
         env_file.unlink(missing_ok=True)
-        argv = [sys.executable, "-c", "from sluice.cli import main; main()", "local", "up", "--stage", stage,
+        argv = [sys.executable, "-c", "from sluice_tools.cli import main; main()", "local", "up", "--stage", stage,
                 "--api-port", str(api_port), "--lambda-port", str(lambda_port), "--local-dir", str(state_dir)]
         argv += ["--sqs", sqs] if sqs else []
         log = open(state_dir / "stack.log", "ab")  # noqa: SIM115 - handed to the child
@@ -117,7 +117,7 @@ def up(
 @command
 def down(local_dir: Path = LocalDirOption) -> None:
     """Stop the local stack started by `sluice local up`."""
-    from sluice.local.stack import stop_stack
+    from sluice_tools.local.stack import stop_stack
 
     console.print(stop_stack(_state_dir(local_dir)))
 
@@ -126,8 +126,8 @@ def down(local_dir: Path = LocalDirOption) -> None:
 @command
 def status(as_json: bool = JsonOption, local_dir: Path = LocalDirOption) -> None:
     """Is the local stack running, and where."""
-    from sluice.local.env import read_local_env
-    from sluice.local.stack import running_stack
+    from sluice_tools.local.env import read_local_env
+    from sluice_tools.local.stack import running_stack
 
     directory = _state_dir(local_dir)
     state = running_stack(directory)

@@ -7,10 +7,10 @@ import math
 import typer
 from rich.table import Table
 
-from sluice.cli.common import EXIT_USAGE, CliError, JsonOption, StageOption, command, console, emit_json
-from sluice.ops.plan import PlanError, inputs_from_settings, make_plan
-from sluice.ops.prices import PRICES_READ_ON, PRICES_REGION
 from sluice.settings import load_settings
+from sluice_tools.cli.common import EXIT_USAGE, CliError, JsonOption, StageOption, command, console, emit_json
+from sluice_tools.ops.plan import PlanError, inputs_from_settings, make_plan
+from sluice_tools.ops.prices import PRICES_READ_ON, PRICES_REGION
 
 
 def _duration(seconds: float) -> str:

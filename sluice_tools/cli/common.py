@@ -12,25 +12,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from sluice_tools.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNAVAILABLE", "EXIT_USAGE", "CliError"]
+
 console = Console()
 err_console = Console(stderr=True)
 
-# Exit codes that mean something to scripts.
-EXIT_OK = 0
-EXIT_FAILED = 1  # the command ran and found a problem (unsafe config, invariant broken, ...)
-EXIT_USAGE = 2  # bad arguments or input (typer uses 2 too)
-EXIT_UNAVAILABLE = 3  # a service (SQS, Lambda, database, local stack) could not be reached
 
 StageOption = typer.Option("dev", "--stage", "-s", help="Stage: config/<stage>.yml ('local' = the local stack).")
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as one line, exits with ``code``."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:

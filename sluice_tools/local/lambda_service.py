@@ -6,7 +6,7 @@ concurrency (429 TooManyRequestsException above it), enforced timeouts, warm pro
 and `GET /sluice/stats` / `POST /sluice/stats/reset` for the demo, bench and chaos suites.
 
 Embed it with `LambdaService(functions, log_dir=...).start()`, or run it as a process:
-`python -m sluice.local.lambda_service --spec spec.json` (see `load_spec` for the format).
+`python -m sluice_tools.local.lambda_service --spec spec.json` (see `load_spec` for the format).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import IO, Any
 
-from sluice.local.http_reply import json_reply, send_reply
-from sluice.local.runtime_api import (
+from sluice_tools.local.http_reply import json_reply, send_reply
+from sluice_tools.local.runtime_api import (
     LOOPBACK,
     FunctionDefinition,
     Invocation,
@@ -469,7 +469,7 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sluice.local.lambda_service",
+        prog="python -m sluice_tools.local.lambda_service",
         description="Serve Lambda Invoke locally for the functions in a spec file.")
     parser.add_argument("--spec", required=True, help="JSON file with the function definitions")
     parser.add_argument("--host", default=None, help="listen address (default: the spec's, else 127.0.0.1)")

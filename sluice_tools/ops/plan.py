@@ -34,8 +34,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sluice.ops.prices import PRICES_READ_ON, PRICES_REGION, price
 from sluice.settings import Settings
+from sluice_tools.ops.prices import PRICES_READ_ON, PRICES_REGION, price
 
 SECONDS_PER_DAY = 86_400
 # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-fifo.html

@@ -13,7 +13,8 @@ from typing import Any
 
 import typer
 
-from sluice.cli.common import (
+from sluice.settings import PROJECT_ROOT, load_settings
+from sluice_tools.cli.common import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -24,7 +25,6 @@ from sluice.cli.common import (
     emit_json,
     fail,
 )
-from sluice.settings import PROJECT_ROOT, load_settings
 
 db_app = typer.Typer(no_args_is_help=True, help="The database: schema migrations.")
 
@@ -46,7 +46,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def local_database_url() -> str:
     """DATABASE_URL as the running local stack published it, or '' when it is not running."""
-    from sluice.stage import LOCAL_ENV_FILE_VAR
+    from sluice_tools.stage import LOCAL_ENV_FILE_VAR
 
     override = os.environ.get(LOCAL_ENV_FILE_VAR)
     # The same local.env the other commands read when it is named; else the usual places.

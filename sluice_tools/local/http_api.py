@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from sluice.aws import AwsError, InvokeResult, ThrottledError
-from sluice.local.processes import LOOPBACK, LocalServiceError, choose_port
+from sluice_tools.local.processes import LOOPBACK, LocalServiceError, choose_port
 
 # API Gateway's payload limit for HTTP APIs.
 MAX_BODY_BYTES = 10 * 1024 * 1024

@@ -1,5 +1,5 @@
 """A test-only task for the chaos suite, registered only when a deployment asks for it
-(``SLUICE_EXTRA_TASK_MODULES=sluice.chaos.tasks``; never in config files).
+(``SLUICE_EXTRA_TASK_MODULES=sluice_tools.chaos.tasks``; never in config files).
 
 ``chaos.apply`` appends one row per application to ``chaos_effects`` - a table with NO unique
 key, so an item applied twice shows as two rows instead of being hidden by a constraint. Its

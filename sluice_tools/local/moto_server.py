@@ -10,7 +10,14 @@ import sys
 import urllib.error
 import urllib.request
 
-from sluice.local.processes import LOOPBACK, ChildProcess, LocalServiceError, ServerProcess, choose_port, wait_until
+from sluice_tools.local.processes import (
+    LOOPBACK,
+    ChildProcess,
+    LocalServiceError,
+    ServerProcess,
+    choose_port,
+    wait_until,
+)
 
 
 def _answers(url: str) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 
 from sluice.aws import Queue
-from sluice.ops.status import queue_counts
+from sluice_tools.ops.status import queue_counts
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from sluice.local.processes import ChildProcess, LocalServiceError, ServerProcess, choose_port
 from sluice.settings import PROJECT_ROOT
+from sluice_tools.local.processes import ChildProcess, LocalServiceError, ServerProcess, choose_port
 
 SERVER_SCRIPT = Path(__file__).with_name("fauxqs_server.mjs")
 NODE_MODULES = PROJECT_ROOT / "node_modules"

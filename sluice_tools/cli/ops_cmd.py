@@ -19,7 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sluice.aws import FunctionInvoker, ThrottledError
-from sluice.cli.common import (
+from sluice.enqueue import Enqueuer, EnqueueRequestError
+from sluice_tools.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
     CliError,
@@ -29,9 +30,8 @@ from sluice.cli.common import (
     console,
     emit_json,
 )
-from sluice.enqueue import Enqueuer, EnqueueRequestError
-from sluice.ops.status import Status, collect_status
-from sluice.stage import StageContext, reaching, resolve_stage
+from sluice_tools.ops.status import Status, collect_status
+from sluice_tools.stage import StageContext, reaching, resolve_stage
 
 # The CLI sends no HTTP body, so the API's body-size limit does not apply; item limits do.
 _NO_BODY_LIMIT = 1 << 40

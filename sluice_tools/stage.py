@@ -20,10 +20,10 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
 from sluice import aws
-from sluice.cli.common import EXIT_UNAVAILABLE, CliError
-from sluice.functions import function_table
-from sluice.local.env import ENDPOINT_ENV_KEYS
 from sluice.settings import Settings, load_settings
+from sluice_tools.errors import EXIT_UNAVAILABLE, CliError
+from sluice_tools.functions import function_table
+from sluice_tools.local.env import ENDPOINT_ENV_KEYS
 
 LOCAL_STAGE = "local"
 # Lets a test (or a second stack) point the CLI at another local.env than the project's.
@@ -73,7 +73,7 @@ class StageContext:
 
 
 def local_env_path() -> Path:
-    from sluice.local.env import LOCAL_ENV
+    from sluice_tools.local.env import LOCAL_ENV
 
     override = os.environ.get(LOCAL_ENV_FILE_VAR)
     return Path(override) if override else LOCAL_ENV
@@ -92,7 +92,7 @@ def _function_names(settings: Settings) -> dict[str, str]:
 
 
 def _resolve_local(settings: Settings) -> StageContext:
-    from sluice.local.env import LocalStackNotRunningError, read_local_env
+    from sluice_tools.local.env import LocalStackNotRunningError, read_local_env
 
     try:
         env = read_local_env(local_env_path())

@@ -10,7 +10,7 @@ A fault is injected either *before* forwarding (the call had no effect) or *afte
 took effect upstream but the caller is told it failed): the second kind is the one that
 tests idempotency, because a retried send or a "failed" delete really happened.
 
-    python -m sluice.chaos.sqs_fault_proxy --upstream http://127.0.0.1:9324 --rate 0.2
+    python -m sluice_tools.chaos.sqs_fault_proxy --upstream http://127.0.0.1:9324 --rate 0.2
 
 prints the proxy's URL; give it to the stack as ``sluice local up --sqs URL``.
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from sluice.local.http_reply import send_reply
+from sluice_tools.local.http_reply import send_reply
 
 # The calls on sluice's path: enqueue, receive, and delete (one at a time or in batches).
 DEFAULT_OPERATIONS = ("SendMessageBatch", "ReceiveMessage", "DeleteMessage", "DeleteMessageBatch")

@@ -21,15 +21,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sluice import aws
-from sluice.ops.dlq import list_dead_letters
-
-if TYPE_CHECKING:  # sluice.stage imports the CLI package, which imports this module
-    from sluice.stage import StageContext
+from sluice_tools.ops.dlq import list_dead_letters
+from sluice_tools.stage import StageContext
 
 DRAIN_LOG_MESSAGE = "drain finished"
 
@@ -135,7 +133,7 @@ def _aws_drain_reports(ctx: StageContext, limit: int) -> list[dict[str, Any]]:
 
 def collect_status(ctx: StageContext, drains: int = 5) -> Status:
     """One snapshot. Raises AwsError only when the queues themselves cannot be read."""
-    from sluice.stage import local_env_path
+    from sluice_tools.stage import local_env_path
 
     status = Status(stage=ctx.stage, queue=queue_counts(ctx.queue()), dlq=queue_counts(ctx.dlq()),
                     cap=ctx.cap)

@@ -2,7 +2,7 @@
 
 Servers it starts, all on 127.0.0.1: a moto server (Secrets Manager and the rest), an SQS
 server (fauxqs by default; moto, or any URL), MariaDB (found or private), the Lambda service
-running the functions of ``sluice.functions.function_table``, the HTTP API in front of the
+running the functions of ``sluice_tools.functions.function_table``, the HTTP API in front of the
 enqueuer and the schedule for the consumers. Once everything answers it writes
 ``.sluice/local.env`` and a state file with every child pid, so `sluice local down` can stop
 the stack, and clean up after it even if the stack process itself was killed.
@@ -20,22 +20,22 @@ from typing import Any
 
 import boto3
 
-from sluice.functions import function_table
-from sluice.local.env import (
+from sluice.settings import PROJECT_ROOT, Settings
+from sluice_tools.functions import function_table
+from sluice_tools.local.env import (
     DUMMY_ACCESS_KEY_ID,
     DUMMY_SECRET_ACCESS_KEY,
     LOCAL_DIR,
     write_local_env,
 )
-from sluice.local.fauxqs import FauxqsServer
-from sluice.local.http_api import HttpApi, lambda_invoker
-from sluice.local.lambda_service import FunctionDefinition, LambdaService, LambdaServiceError
-from sluice.local.mariadb import DatabaseUrl, LocalDatabase, find_database
-from sluice.local.moto_server import MotoServer
-from sluice.local.processes import LocalServiceError, choose_port
-from sluice.local.resources import QueueUrls, create_db_secret, create_queues
-from sluice.local.scheduler import ACCOUNT_ID, Scheduler
-from sluice.settings import PROJECT_ROOT, Settings
+from sluice_tools.local.fauxqs import FauxqsServer
+from sluice_tools.local.http_api import HttpApi, lambda_invoker
+from sluice_tools.local.lambda_service import FunctionDefinition, LambdaService, LambdaServiceError
+from sluice_tools.local.mariadb import DatabaseUrl, LocalDatabase, find_database
+from sluice_tools.local.moto_server import MotoServer
+from sluice_tools.local.processes import LocalServiceError, choose_port
+from sluice_tools.local.resources import QueueUrls, create_db_secret, create_queues
+from sluice_tools.local.scheduler import ACCOUNT_ID, Scheduler
 
 STATE_FILE = "stack.json"
 

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 
-from sluice.local.http_reply import json_reply, send_reply
+from sluice_tools.local.http_reply import json_reply, send_reply
 
 LOOPBACK = "127.0.0.1"
 ACCOUNT_ID = "123456789012"
@@ -50,7 +50,7 @@ class FunctionDefinition:
     @classmethod
     def from_spec(cls, spec: Any, *, name: str, environment: dict[str, str] | None = None,
                   cwd: str = ".", python: str = sys.executable) -> FunctionDefinition:
-        """Build from a sluice.functions.FunctionSpec (its .module/.attribute name the handler)."""
+        """Build from a sluice_tools.functions.FunctionSpec (its .module/.attribute name the handler)."""
         return cls(name=name, handler=f"{spec.module}.{spec.attribute}", timeout_s=int(spec.timeout_s),
                    memory_mb=int(spec.memory_mb), reserved_concurrency=spec.reserved_concurrency,
                    environment=dict(environment or {}), cwd=cwd, python=python)

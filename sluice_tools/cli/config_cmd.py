@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from sluice.cli.common import EXIT_FAILED, JsonOption, StageOption, command, console, emit_json, err_console
 from sluice.settings import load_settings
+from sluice_tools.cli.common import EXIT_FAILED, JsonOption, StageOption, command, console, emit_json, err_console
 
 config_app = typer.Typer(no_args_is_help=True, help="Settings in config/<stage>.yml.")
 
