@@ -28,14 +28,15 @@ def invoice_item(prefix: str, i: int) -> dict[str, object]:
 
 
 def _write(url: str, prefix: str, indices: list[int], ready: object, go: object, done: object) -> None:
-    from sluice.db import Database
+    from sluice.db import Database, claim
+    from worker.tasks.invoices import InvoicePayload, customer_id, insert_invoice
 
     db = Database(url=url, program="sluice-bench-direct")
     db.connection()  # connect before the start line, as a warm worker would be
     customer_ids: dict[str, int] = {}
     with db.transaction() as tx:
         for code in CUSTOMERS:
-            found = tx.customer_id(code)
+            found = customer_id(tx, code)
             if found is None:
                 raise RuntimeError(f"customer {code!r} is missing: migrations did not run")
             customer_ids[code] = found
@@ -44,10 +45,11 @@ def _write(url: str, prefix: str, indices: list[int], ready: object, go: object,
     for i in indices:
         key = item_key(prefix, i)
         with db.transaction() as tx:
-            if tx.claim(dedup_id=dedup_id("invoice.record", key), task="invoice.record", item_key=key,
-                        message_id=f"direct-{i}", group_id="direct"):
-                tx.insert_invoice(item_key=key, customer_id=customer_ids[CUSTOMERS[i % len(CUSTOMERS)]],
-                                  amount_cents=100 + i, currency="EUR", description=None)
+            if claim(tx, dedup_id=dedup_id("invoice.record", key), task="invoice.record", item_key=key,
+                     message_id=f"direct-{i}", group_id="direct"):
+                code = CUSTOMERS[i % len(CUSTOMERS)]
+                insert_invoice(tx, item_key=key, customer=customer_ids[code],
+                               payload=InvoicePayload(customer=code, amount_cents=100 + i, currency="EUR"))
     db.close()
     done.put(time.time())  # type: ignore[attr-defined]
 

@@ -1,4 +1,5 @@
-"""Every SQL statement sluice runs, and the one database connection a process holds.
+"""The framework's SQL (the processed-message ledger), the generic transaction a task
+receives, and the one database connection a process holds.
 
 Credentials come from ``DATABASE_URL`` (``mysql://user:pass@host:port/db``) or from a
 Secrets Manager secret in the RDS JSON shape (username, password, host, port, dbname),
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -190,59 +191,66 @@ def ensure_database(creds: DbCredentials) -> bool:
 
 
 class Transaction:
-    """The statements a task or the worker may run inside one transaction."""
+    """One database transaction, as a task sees it: the DB-API calls a task needs, on the
+    same connection and transaction that writes the item's ledger row.
+
+    Arguments are bound by the driver (``%s`` placeholders), never formatted into the SQL.
+    Errors come out of ``Database.transaction`` classified (TransientDbError or DbError)."""
 
     def __init__(self, cursor: pymysql.cursors.Cursor) -> None:
         self._cur = cursor
 
-    # -- the processed-message ledger -------------------------------------------------
-    def claim(self, *, dedup_id: str, task: str, item_key: str, message_id: str, group_id: str) -> bool:
-        """Insert the ledger row for ``dedup_id``; False when it is already there (already applied).
+    def execute(self, sql: str, args: Sequence[Any] | Mapping[str, Any] | None = None) -> int:
+        """Run one statement; returns the number of rows it affected (MariaDB counts an
+        ``INSERT ... ON DUPLICATE KEY UPDATE`` that updated as 2)."""
+        return int(self._cur.execute(sql, args))
 
-        Inserting first (rather than SELECT then INSERT) makes the primary key the lock: a second
-        worker holding the same message waits on the row, then sees the duplicate instead of
-        applying the effect a second time.
-        """
-        try:
-            self._cur.execute(
-                f"INSERT INTO {LEDGER_TABLE} (dedup_id, task, item_key, message_id, group_id, processed_at) "
-                "VALUES (%s, %s, %s, %s, %s, UTC_TIMESTAMP(3))",
-                (dedup_id, task, item_key[:256], message_id[:128], group_id[:128]),
-            )
-        except pymysql.err.IntegrityError as exc:
-            if error_code(exc) == DUPLICATE_KEY:
-                return False
-            raise
-        return True
-
-    def is_processed(self, dedup_id: str) -> bool:
-        self._cur.execute(f"SELECT 1 FROM {LEDGER_TABLE} WHERE dedup_id = %s", (dedup_id,))
-        return self._cur.fetchone() is not None
-
-    # -- the invoice example task -----------------------------------------------------
-    def customer_id(self, code: str) -> int | None:
-        self._cur.execute("SELECT id FROM customers WHERE code = %s", (code,))
+    def fetch_one(self, sql: str, args: Sequence[Any] | Mapping[str, Any] | None = None) -> tuple[Any, ...] | None:
+        self._cur.execute(sql, args)
         row = self._cur.fetchone()
-        return int(row[0]) if row else None
+        return tuple(row) if row is not None else None
 
-    def insert_invoice(self, *, item_key: str, customer_id: int, amount_cents: int, currency: str,
-                       description: str | None) -> bool:
-        """Record one invoice; False when an invoice with that key exists (it is not inserted again).
+    def fetch_all(self, sql: str, args: Sequence[Any] | Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        self._cur.execute(sql, args)
+        return [tuple(row) for row in self._cur.fetchall()]
 
-        The UNIQUE key keeps the row single, so a second application would leave no trace in a
-        row count: instead it bumps the row's ``apply_count``, which the exactly-once checks read.
-        The server reports 1 affected row for an insert and 2 for the update of an existing row.
-        """
-        self._cur.execute(
-            "INSERT INTO invoices (item_key, customer_id, amount_cents, currency, description, "
-            "created_at) VALUES (%s, %s, %s, %s, %s, UTC_TIMESTAMP(3)) "
-            "ON DUPLICATE KEY UPDATE apply_count = apply_count + 1",
-            (item_key, customer_id, amount_cents, currency, description),
+    def scalar(self, sql: str, args: Sequence[Any] | Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row, or None."""
+        row = self.fetch_one(sql, args)
+        return row[0] if row else None
+
+    @property
+    def rowcount(self) -> int:
+        """Rows affected by the last statement."""
+        return int(self._cur.rowcount)
+
+    @property
+    def lastrowid(self) -> int | None:
+        """The AUTO_INCREMENT id the last INSERT generated."""
+        return self._cur.lastrowid
+
+
+def claim(tx: Transaction, *, dedup_id: str, task: str, item_key: str, message_id: str, group_id: str) -> bool:
+    """Insert the ledger row for ``dedup_id``; False when it is already there (already applied).
+
+    Inserting first (rather than SELECT then INSERT) makes the primary key the lock: a second
+    worker holding the same message waits on the row, then sees the duplicate instead of
+    applying the effect a second time.
+    """
+    try:
+        tx.execute(
+            f"INSERT INTO {LEDGER_TABLE} (dedup_id, task, item_key, message_id, group_id, processed_at) "
+            "VALUES (%s, %s, %s, %s, %s, UTC_TIMESTAMP(3))",
+            (dedup_id, task, item_key[:256], message_id[:128], group_id[:128]),
         )
-        return self._cur.rowcount == 1
+    except pymysql.err.IntegrityError as exc:
+        if error_code(exc) == DUPLICATE_KEY:
+            return False
+        raise
+    return True
 
 
-def _starts_with(prefix: str) -> str:
+def starts_with(prefix: str) -> str:
     """A LIKE pattern matching strings that start with ``prefix`` taken literally."""
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
@@ -341,62 +349,33 @@ class Database:
         except (pymysql.MySQLError, OSError):
             self.close()
 
-    # -- read helpers for tests, the demo summary and the CLI ------------------------
-    def _scalar(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+    # -- reads outside a work transaction: task modules' own queries, the demo, the CLI ----
+    def read(self, sql: str, args: Sequence[Any] | Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Every row of one query, in a transaction of its own that ends at once, so the next
+        read sees what was committed meanwhile."""
         conn = self.connection()
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, args)
-                row = cur.fetchone()
-            conn.commit()  # end the read snapshot so the next read sees new commits
+                rows = [tuple(row) for row in cur.fetchall()]
+            conn.commit()  # end the read snapshot
         except (pymysql.MySQLError, OSError) as exc:
             self._rollback(conn)
             raise classify(exc) from exc
-        return row[0] if row else None
+        return rows
+
+    def scalar(self, sql: str, args: Sequence[Any] | Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row of one query, or None."""
+        rows = self.read(sql, args)
+        return rows[0][0] if rows else None
 
     def count_processed(self, key_prefix: str = "") -> int:
         """Ledger rows of the items whose key starts with ``key_prefix`` (all by default)."""
-        return int(self._scalar(f"SELECT COUNT(*) FROM {LEDGER_TABLE} WHERE item_key LIKE %s",
-                                (_starts_with(key_prefix),)))
+        return int(self.scalar(f"SELECT COUNT(*) FROM {LEDGER_TABLE} WHERE item_key LIKE %s",
+                               (starts_with(key_prefix),)))
 
     def is_processed(self, dedup_id: str) -> bool:
-        return bool(self._scalar(f"SELECT COUNT(*) FROM {LEDGER_TABLE} WHERE dedup_id = %s", (dedup_id,)))
-
-    def count_invoices(self, item_key: str | None = None, *, key_prefix: str = "") -> int:
-        """Invoice rows: the one of ``item_key``, else those whose key starts with ``key_prefix``
-        (all by default)."""
-        if item_key is not None:
-            return int(self._scalar("SELECT COUNT(*) FROM invoices WHERE item_key = %s", (item_key,)))
-        return int(self._scalar("SELECT COUNT(*) FROM invoices WHERE item_key LIKE %s",
-                                (_starts_with(key_prefix),)))
-
-    def applications(self, item_key: str) -> int:
-        """How many times the invoice of ``item_key`` was applied: 0 when it never was; above 1
-        when an application got past the ledger (its ``apply_count``; one row either way)."""
-        return int(self._scalar("SELECT COALESCE(SUM(apply_count), 0) FROM invoices WHERE item_key = %s",
-                                (item_key,)))
-
-    def invoice_keys(self, key_prefix: str) -> list[str]:
-        """Keys of the invoices whose key starts with ``key_prefix``, in the order they were committed."""
-        conn = self.connection()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT item_key FROM invoices WHERE item_key LIKE %s ORDER BY id",
-                            (_starts_with(key_prefix),))
-                rows = cur.fetchall()
-            conn.commit()
-        except (pymysql.MySQLError, OSError) as exc:
-            self._rollback(conn)
-            raise classify(exc) from exc
-        return [str(r[0]) for r in rows]
-
-    def duplicate_invoices(self, key_prefix: str = "") -> int:
-        """Keys (starting with ``key_prefix``) applied more than once: an ``apply_count`` above 1, or
-        more than one row (which the UNIQUE key should make impossible; counted all the same)."""
-        return int(self._scalar(
-            "SELECT COUNT(*) FROM (SELECT item_key FROM invoices WHERE item_key LIKE %s GROUP BY item_key "
-            "HAVING COUNT(*) > 1 OR MAX(apply_count) > 1) d", (_starts_with(key_prefix),)
-        ))
+        return bool(self.scalar(f"SELECT COUNT(*) FROM {LEDGER_TABLE} WHERE dedup_id = %s", (dedup_id,)))
 
     def count_connections(self, program: str = WORKER_PROGRAM) -> int:
         """Open sessions on this database other than our own.
@@ -404,14 +383,14 @@ class Database:
         With performance_schema on, only sessions whose connect attribute program_name is
         ``program`` count; without it (MariaDB's default) every session on the database does.
         """
-        if self._scalar("SELECT @@performance_schema"):
-            return int(self._scalar(
+        if self.scalar("SELECT @@performance_schema"):
+            return int(self.scalar(
                 "SELECT COUNT(*) FROM performance_schema.session_connect_attrs a "
                 "JOIN information_schema.PROCESSLIST p ON p.ID = a.PROCESSLIST_ID "
                 "WHERE a.ATTR_NAME = 'program_name' AND a.ATTR_VALUE = %s AND p.ID <> CONNECTION_ID()",
                 (program,),
             ))
-        return int(self._scalar(
+        return int(self.scalar(
             "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
             "WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
         ))

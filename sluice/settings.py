@@ -11,6 +11,7 @@ Two sources, one vocabulary:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -112,6 +113,19 @@ class LocalSettings(_Section):
     sqs: str = "fauxqs"
 
 
+_MODULE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
+
+class TaskModuleSettings(_Section):
+    """One task module of the application: what the handlers import, where its schema lives."""
+
+    module: str = Field(pattern=_MODULE_NAME)
+    # Folder of NNNN_name.sql migrations (yoyo), relative to the project root; "" = none.
+    migrations: str = Field("", pattern=r"^([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$")
+    # Options the task reads with sluice.task_settings(<module>): a vendor URL, a secret name.
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
 class Settings(_Section):
     stage: str = Field(pattern=r"^[a-z][a-z0-9-]{0,15}$")
     service: str = Field("sluice", pattern=r"^[a-z][a-z0-9-]{0,30}$")
@@ -124,6 +138,7 @@ class Settings(_Section):
     api: ApiSettings = ApiSettings()
     alarms: AlarmSettings = AlarmSettings()
     local: LocalSettings = LocalSettings()
+    tasks: list[TaskModuleSettings] = Field(default_factory=list)
 
     def problems(self) -> list[str]:
         """Every unsafe combination, each as a sentence saying what to change (empty = safe)."""
@@ -193,6 +208,21 @@ class Settings(_Section):
                 f"enqueuer.max_items ({self.enqueuer.max_items}) cannot be sent within enqueuer.timeout_s "
                 f"at queue.max_tps ({q.max_tps}) batch calls/s"
             )
+        found += self._task_problems()
+        return found
+
+    def _task_problems(self) -> list[str]:
+        found: list[str] = []
+        if not self.tasks:
+            found.append("tasks lists no task module: the worker would have nothing to run "
+                         "(add e.g. `- module: worker.tasks.reminders`)")
+        modules = [t.module for t in self.tasks]
+        for module in sorted({m for m in modules if modules.count(m) > 1}):
+            found.append(f"tasks names module {module!r} more than once")
+        for entry in self.tasks:
+            if entry.migrations and not (PROJECT_ROOT / entry.migrations).is_dir():
+                found.append(f"tasks: the migrations folder {entry.migrations!r} of {entry.module} does not exist "
+                             "(a path relative to the project root)")
         return found
 
     def check(self) -> None:
@@ -231,8 +261,20 @@ class Settings(_Section):
             "SLUICE_WORKER_BATCH_SIZE": str(self.worker.batch_size),
             "SLUICE_ENQUEUER_MAX_ITEMS": str(self.enqueuer.max_items),
             "SLUICE_ENQUEUER_MAX_BODY_BYTES": str(self.enqueuer.max_body_bytes),
+            **self.task_env(),
             "POWERTOOLS_SERVICE_NAME": self.service,
             "POWERTOOLS_METRICS_NAMESPACE": "Sluice",
+        }
+
+
+    def task_env(self) -> dict[str, str]:
+        """The task modules, their migration folders and their settings, as handlers read them
+        (infra/derived.js computes the same three strings for serverless.yml)."""
+        return {
+            "SLUICE_TASK_MODULES": ",".join(t.module for t in self.tasks),
+            "SLUICE_TASK_MIGRATIONS": ",".join(f"{t.module}={t.migrations}" for t in self.tasks if t.migrations),
+            "SLUICE_TASK_SETTINGS": json.dumps({t.module: t.settings for t in self.tasks if t.settings},
+                                               sort_keys=True, separators=(",", ":")),
         }
 
 

@@ -22,6 +22,7 @@ finds its ledger row (duplicate) and is deleted. Outcomes:
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,30 +33,24 @@ from aws_lambda_powertools.utilities.data_classes import SQSEvent
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from sluice.aws import AwsError, OutgoingMessage, Queue
-from sluice.db import Database, DbError, DbUnavailableError, TransientDbError
+from sluice.db import Database, DbError, DbUnavailableError, TransientDbError, claim
 from sluice.envelope import Envelope, EnvelopeError
 from sluice.observability import MetricUnit, count, logger, metrics
-from sluice.tasks import PayloadError, PermanentTaskError, UnknownTaskError, get_task
+from sluice.tasks import (
+    PayloadError,
+    PermanentTaskError,
+    TransientTaskError,
+    UnknownTaskError,
+    WorkItem,
+    get_task,
+)
 
 DONE, DUPLICATE, DEAD_LETTERED, RETRY = "done", "duplicate", "dead_lettered", "retry"
 _METRIC_OF = {DONE: "done", DUPLICATE: "duplicate", DEAD_LETTERED: "dead_lettered", RETRY: "retried"}
 _MESSAGE_KEYS = ["message_id", "group", "task", "key"]
 MAX_REASON_CHARS = 1000
 MAX_MESSAGE_ATTRIBUTES = 10  # SQS's limit per message
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """What a task function may know about the message it applies."""
-
-    task: str
-    key: str
-    dedup_id: str
-    message_id: str
-    group_id: str
-    receive_count: int
-    enqueued_at: str
-    trace_id: str
+MAX_VISIBILITY_S = 43200  # SQS's longest visibility timeout
 
 
 @dataclass(frozen=True)
@@ -207,7 +202,7 @@ def _handle(record: SQSRecord, batch: _BatchState, deletions: _Deletions, *, db:
                             source_dedup, backoff)
     except Exception as exc:  # transient: the database, or a bug a deploy may fix
         reason = f"{type(exc).__name__}: {exc}"
-        if not isinstance(exc, TransientDbError):
+        if not isinstance(exc, TransientDbError | TransientTaskError):
             logger.exception("unexpected error applying message; treated as transient")
         if receive_count >= max_receive_count:
             # SQS would move it to the DLQ on the next receive, without a reason; do it ourselves, with one.
@@ -215,6 +210,9 @@ def _handle(record: SQSRecord, batch: _BatchState, deletions: _Deletions, *, db:
                                 f"still failing after {receive_count} receives: {reason}",
                                 receive_count, source_dedup, backoff)
         delay = backoff.seconds(receive_count)
+        if isinstance(exc, TransientTaskError) and exc.retry_after_s is not None:
+            # The task knows better (a vendor's Retry-After): hidden that long, within SQS's range.
+            delay = min(MAX_VISIBILITY_S, math.ceil(exc.retry_after_s))
         logger.warning("transient failure: retrying later", extra={"reason": reason, "retry_in_s": delay,
                                                                     "receive_count": receive_count})
         _push_out(queue, record, delay, deletions)
@@ -246,13 +244,13 @@ def _apply(record: SQSRecord, batch: _BatchState, db: Database, receive_count: i
         raise batch.db_unavailable
     try:
         with db.transaction() as tx:
-            if not tx.claim(dedup_id=item.dedup_id, task=item.task, item_key=item.key,
-                            message_id=item.message_id, group_id=item.group_id):
+            if not claim(tx, dedup_id=item.dedup_id, task=item.task, item_key=item.key,
+                         message_id=item.message_id, group_id=item.group_id):
                 logger.info("already applied (ledger row present): deleting only")
                 return DUPLICATE
             task.function(tx, payload, item)
     except PermanentTaskError as exc:
-        raise _PermanentError("business", str(exc)) from None
+        raise _PermanentError("business", str(exc) or type(exc).__name__) from None
     except DbUnavailableError as exc:
         batch.db_unavailable = exc
         raise

@@ -42,6 +42,7 @@ from sluice.aws import Queue, reset_clients
 from sluice.db import Database, DbError
 from sluice_tools.ops.dlq import list_dead_letters
 from sluice_tools.ops.status import QueueCounts, lambda_stats, queue_counts
+from worker.tasks import invoices
 
 CUSTOMERS = ("acme", "globex", "initech", "umbrella", "hooli")
 CURRENCIES = ("EUR", "USD", "GBP", "CHF")
@@ -147,22 +148,23 @@ def send_burst(api_url: str, burst: Burst, threads: int = 4) -> EnqueueOutcome:
 
 
 class DemoDatabase:
-    """What the demo reads back: the rows of one run, whose keys all start ``DEMO-<run>-``."""
+    """What the demo reads back: the rows of one run, whose keys all start ``DEMO-<run>-``,
+    through the invoice task module's own queries (and sluice's ledger)."""
 
     def __init__(self, url: str) -> None:
         self.db = Database(url=url, program="sluice-demo")
 
     def applied(self, run: str) -> int:
-        return self.db.count_invoices(key_prefix=run_prefix(run))
+        return invoices.count(self.db, key_prefix=run_prefix(run))
 
     def applied_keys(self, run: str) -> set[str]:
-        return set(self.db.invoice_keys(run_prefix(run)))
+        return set(invoices.keys(self.db, run_prefix(run)))
 
     def ledger_rows(self, run: str) -> int:
         return self.db.count_processed(run_prefix(run))
 
     def duplicates(self, run: str) -> int:
-        return self.db.duplicate_invoices(run_prefix(run))
+        return invoices.duplicates(self.db, run_prefix(run))
 
 
 def run_prefix(run: str) -> str:

@@ -28,6 +28,15 @@ def summary_lines() -> list[str]:
     return _SUMMARY
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """In-process code under test serves the local stage's task modules, as its handlers would
+    (the same SLUICE_TASK_* variables the stack gives its functions)."""
+    from sluice.settings import load_settings
+
+    for name, value in load_settings("local").task_env().items():
+        os.environ.setdefault(name, value)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _SUMMARY:
         terminalreporter.write_sep("=", "summary")

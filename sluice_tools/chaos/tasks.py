@@ -18,16 +18,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sluice import work
-from sluice.tasks import PermanentTaskError, task
-
-if TYPE_CHECKING:
-    from sluice.db import Transaction
-    from sluice.work import WorkItem
+from sluice import PermanentTaskError, Transaction, WorkItem, task, work
 
 EFFECTS_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS chaos_effects (
@@ -71,11 +66,8 @@ def _reach(key: str, point: str) -> None:
 def apply_chaos(tx: Transaction, payload: ChaosPayload, item: WorkItem) -> None:
     if payload.poison:
         raise PermanentTaskError(f"poison item {item.key}: refused on purpose by the chaos suite")
-    # Transaction has no generic statement on purpose (tasks use named methods); this test-only
-    # table is written through its cursor.
-    cursor: Any = tx._cur  # noqa: SLF001
-    cursor.execute("INSERT INTO chaos_effects (item_key, group_id, seq, pid) VALUES (%s, %s, %s, %s)",
-                   (item.key, item.group_id, payload.seq, os.getpid()))
+    tx.execute("INSERT INTO chaos_effects (item_key, group_id, seq, pid) VALUES (%s, %s, %s, %s)",
+               (item.key, item.group_id, payload.seq, os.getpid()))
     if payload.sleep_ms and item.receive_count <= payload.slow_receives:
         time.sleep(payload.sleep_ms / 1000)
     if payload.pause == "before_commit" and item.receive_count == 1:

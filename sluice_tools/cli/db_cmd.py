@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from sluice.settings import PROJECT_ROOT, load_settings
+from sluice.settings import PROJECT_ROOT, Settings, load_settings
 from sluice_tools.cli.common import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
@@ -57,13 +57,13 @@ def local_database_url() -> str:
     return ""
 
 
-def _migrate_url(url: str) -> dict[str, Any]:
+def _migrate_url(url: str, settings: Settings) -> dict[str, Any]:
     from sluice.db import DbConfigError, DbCredentials, DbError, TransientDbError
-    from sluice.migrations import apply_migrations
+    from sluice.migrations import apply_migrations, configured_sources
 
     try:
         target = DbCredentials.from_url(url).redacted()
-        applied = apply_migrations(url)
+        applied = apply_migrations(url, configured_sources(settings))
     except DbConfigError as exc:
         fail(f"DATABASE_URL is not usable: {exc}", EXIT_USAGE)
     except TransientDbError as exc:
@@ -94,6 +94,7 @@ def _migrate_deployed(stage: str) -> dict[str, Any]:
 @command
 def migrate(stage: str = StageOption, as_json: bool = JsonOption) -> None:
     """Apply pending schema migrations to the stage's database (idempotent)."""
+    settings = load_settings(stage)
     url = os.environ.get("DATABASE_URL", "")
     if not url and stage == "local":
         url = local_database_url() or load_settings("local").database.url
@@ -101,7 +102,7 @@ def migrate(stage: str = StageOption, as_json: bool = JsonOption) -> None:
             # Nothing to reach, as for every other command against a stopped local stack.
             fail("no local database: the local stack is not running; start it with `sluice local up` "
                  "or set DATABASE_URL", EXIT_UNAVAILABLE)
-    outcome = _migrate_url(url) if url else _migrate_deployed(stage)
+    outcome = _migrate_url(url, settings) if url else _migrate_deployed(stage)
     if as_json:
         emit_json(outcome)
         return

@@ -14,12 +14,14 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 import pymysql
 
+from sluice.migrations import MigrationSource
 from sluice_tools.local.processes import LOOPBACK, ChildProcess, LocalServiceError, choose_port, wait_until
 
 MACHINE_PORT = 3306
@@ -122,10 +124,10 @@ def ensure_database(url: DatabaseUrl) -> None:
         conn.close()
 
 
-def migrate(url: str) -> None:
+def migrate(url: str, tasks: Sequence[MigrationSource] = ()) -> None:
     from sluice.migrations import apply_migrations
 
-    apply_migrations(url)
+    apply_migrations(url, tasks)
 
 
 class PrivateMariaDB:
@@ -225,8 +227,9 @@ class LocalDatabase:
 
 
 def find_database(database_name: str, private_dir: Path, *, database_url: str | None = None,
-                  run_migrations: bool = True) -> LocalDatabase:
-    """Find or start MariaDB, make sure the database exists, apply the migrations."""
+                  run_migrations: bool = True, tasks: Sequence[MigrationSource] = ()) -> LocalDatabase:
+    """Find or start MariaDB, make sure the database exists, apply the framework's migrations
+    and those of the task modules ``tasks``."""
     explicit = database_url if database_url is not None else os.environ.get("DATABASE_URL", "")
     if explicit:
         url = DatabaseUrl.parse(explicit)
@@ -244,7 +247,7 @@ def find_database(database_name: str, private_dir: Path, *, database_url: str | 
     try:
         ensure_database(DatabaseUrl.parse(found.url))
         if run_migrations:
-            migrate(found.url)
+            migrate(found.url, tasks)
     except BaseException:
         found.stop()
         raise

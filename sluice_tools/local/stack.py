@@ -20,6 +20,7 @@ from typing import Any
 
 import boto3
 
+from sluice.migrations import configured_sources
 from sluice.settings import PROJECT_ROOT, Settings
 from sluice_tools.functions import function_table
 from sluice_tools.local.env import (
@@ -165,7 +166,8 @@ class LocalStack:
             self.sqs_url = self.sqs.rstrip("/")
         self._write_state()
         self.database = find_database(self.settings.database.name, self.local_dir / "mariadb",
-                                      database_url=self.database_url)
+                                      database_url=self.database_url,
+                                      tasks=configured_sources(self.settings))
         self._write_state()
         aws = {"region_name": self.region, "aws_access_key_id": DUMMY_ACCESS_KEY_ID,
                "aws_secret_access_key": DUMMY_SECRET_ACCESS_KEY}

@@ -8,15 +8,11 @@ kills it mid-transaction and the message must come back through the visibility t
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sluice.tasks import PermanentTaskError, task
-
-if TYPE_CHECKING:
-    from sluice.db import Transaction
-    from sluice.work import WorkItem
+from sluice import PermanentTaskError, Transaction, WorkItem, task
+from worker.tasks.invoices import InvoicePayload, customer_id, insert_invoice
 
 
 class SlowInvoicePayload(BaseModel):
@@ -29,11 +25,12 @@ class SlowInvoicePayload(BaseModel):
 
 @task("test.slow_invoice", SlowInvoicePayload)
 def slow_invoice(tx: Transaction, payload: SlowInvoicePayload, item: WorkItem) -> None:
-    customer_id = tx.customer_id(payload.customer)
-    if customer_id is None:
+    customer = customer_id(tx, payload.customer)
+    if customer is None:
         raise PermanentTaskError(f"unknown customer {payload.customer!r}")
     # Write first, then stall: a timeout here must roll the row back, not leave it half-done.
-    tx.insert_invoice(item_key=item.key, customer_id=customer_id, amount_cents=payload.amount_cents,
-                      currency="EUR", description="slow")
+    insert_invoice(tx, item_key=item.key, customer=customer,
+                   payload=InvoicePayload(customer=payload.customer, amount_cents=payload.amount_cents,
+                                          currency="EUR", description="slow"))
     if item.receive_count == 1:
         time.sleep(payload.first_sleep_s)

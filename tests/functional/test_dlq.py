@@ -31,6 +31,7 @@ from sluice_tools.stage import LOCAL_ENV_FILE_VAR
 from tests.conftest import FifoQueues
 from tests.functional.conftest import point_cli_at
 from tests.helpers import sql
+from worker.tasks import invoices
 
 pytestmark = pytest.mark.functional
 
@@ -117,7 +118,7 @@ def test_fix_the_data_then_redrive_applies_each_item_exactly_once(
         database_url: str) -> None:
     # GIVEN two dead letters and no invoice or ledger row for them
     poison_keys = [poisoned["key_ghost-a"], poisoned["key_ghost-b"]]
-    assert all(db.applications(k) == 0 for k in poison_keys)
+    assert all(invoices.applications(db, k) == 0 for k in poison_keys)
     # AND the data is fixed: the missing customers now exist
     for who in ("ghost-a", "ghost-b"):
         code = poisoned[f"customer_{who}"]
@@ -131,7 +132,7 @@ def test_fix_the_data_then_redrive_applies_each_item_exactly_once(
     assert run_worker(fifo_queues, db) == ["done"]
     # THEN each applied exactly once (one invoice row, one ledger row) and the DLQ is empty
     for key in poison_keys:
-        assert db.applications(key) == 1
+        assert invoices.applications(db, key) == 1
         ledger = sql(database_url, "SELECT COUNT(*) FROM processed_messages WHERE item_key = %s", key)
         assert ledger[0][0] == 1
     assert dead_letters.depth(Queue(fifo_queues.dlq_url)) == 0

@@ -26,6 +26,7 @@ from sluice.db import Database
 from tests.conftest import FifoQueues
 from tests.fixtures.events import http_api_event, scheduled_event
 from tests.helpers import depth, lambda_context
+from worker.tasks import invoices
 
 pytestmark = pytest.mark.integration
 
@@ -150,10 +151,10 @@ def test_500_invoices_flow_through_exactly_once_within_the_cap(
     # THEN 495 invoices exist, each once; the 5 poison items are in the DLQ with their reason
     db = Database(url=database_url)
     try:
-        keys = db.invoice_keys(prefix)
+        keys = invoices.keys(db, prefix)
         assert len(keys) == 495 and len(set(keys)) == 495
         assert not {f"{prefix}{n:04d}" for n in POISON} & set(keys)
-        assert db.duplicate_invoices(prefix) == 0  # no key with a second row or an apply_count > 1
+        assert invoices.duplicates(db, prefix) == 0  # no key with a second row or an apply_count > 1
     finally:
         db.close()
     dead = []

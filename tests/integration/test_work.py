@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 
 from sluice.aws import OutgoingMessage, Queue
-from sluice.db import Database, DbUnavailableError
+from sluice.db import Database, DbUnavailableError, claim
 from sluice.envelope import Envelope
-from sluice.tasks import get_task
-from sluice.work import Backoff, WorkItem, work
+from sluice.tasks import WorkItem, get_task
+from sluice.work import Backoff, work
 from tests.conftest import FifoQueues, free_port
 from tests.helpers import depth, sql
+from worker.tasks import invoices
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +112,7 @@ def test_a_message_delivered_twice_is_applied_once(fifo_queues: FifoQueues, db: 
     assert outcomes(first_result) == ["done"]
     assert outcomes(second_result) == ["duplicate"]
     assert first_result["batchItemFailures"] == [] and second_result["batchItemFailures"] == []
-    assert db.applications(key) == 1
+    assert invoices.applications(db, key) == 1
     assert db.is_processed(Envelope.new("invoice.record", key, {}).dedup_id)
     assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
 
@@ -127,7 +128,7 @@ def test_a_crash_between_commit_and_delete_is_recognised_on_redelivery(fifo_queu
     item = WorkItem(task=envelope.task, key=key, dedup_id=envelope.dedup_id, message_id=record["messageId"],
                     group_id="acme", receive_count=1, enqueued_at=envelope.enqueued_at, trace_id="t")
     with db.transaction() as tx:
-        assert tx.claim(dedup_id=item.dedup_id, task=item.task, item_key=key, message_id=item.message_id,
+        assert claim(tx, dedup_id=item.dedup_id, task=item.task, item_key=key, message_id=item.message_id,
                         group_id=item.group_id)
         task.function(tx, task.parse(envelope.payload), item)
     release_all(fifo_queues, event)
@@ -137,7 +138,7 @@ def test_a_crash_between_commit_and_delete_is_recognised_on_redelivery(fifo_queu
 
     # THEN it is only deleted: still one invoice, nothing left in the queue
     assert outcomes(result) == ["duplicate"]
-    assert db.applications(key) == 1
+    assert invoices.applications(db, key) == 1
     assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
 
 
@@ -151,7 +152,7 @@ def test_a_second_application_past_a_lost_ledger_row_is_counted(fifo_queues: Fif
     second = receive_event(fifo_queues, 1)
     assert outcomes(run(first, fifo_queues, db)) == ["done"]
     assert sql(database_url, "SELECT apply_count FROM invoices WHERE item_key = %s", key) == [(1,)]
-    assert db.duplicate_invoices(key) == 0
+    assert invoices.duplicates(db, key) == 0
 
     # WHEN its ledger row is deleted (the ledger bypassed or broken) and the second copy is worked
     sql(database_url, "DELETE FROM processed_messages WHERE dedup_id = %s", envelope.dedup_id)
@@ -159,11 +160,11 @@ def test_a_second_application_past_a_lost_ledger_row_is_counted(fifo_queues: Fif
 
     # THEN the worker cannot tell: the outcome is done again and the UNIQUE key keeps one row...
     assert outcomes(result) == ["done"]
-    assert db.count_invoices(key) == 1
+    assert invoices.count(db, key_prefix=key) == 1
     # ...but the row records the second application, and the exactly-once checks fail on it
     assert sql(database_url, "SELECT apply_count FROM invoices WHERE item_key = %s", key) == [(2,)]
-    assert db.applications(key) == 2
-    assert db.duplicate_invoices(key) == 1
+    assert invoices.applications(db, key) == 2
+    assert invoices.duplicates(db, key) == 1
     assert db.is_processed(envelope.dedup_id)
     assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
 
@@ -210,8 +211,8 @@ def test_a_poison_message_goes_to_the_dlq_with_its_reason(fifo_queues: FifoQueue
     assert attributes["sluice_source_message_id"] == event["Records"][0]["messageId"]
     assert attributes["sluice_receive_count"] == "1"
     assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
-    assert db.applications(key) == 0
-    assert db.applications(good_key) == 1
+    assert invoices.applications(db, key) == 0
+    assert invoices.applications(db, good_key) == 1
 
 
 def test_a_database_outage_retries_later_then_succeeds(fifo_queues: FifoQueues, db: Database,
@@ -238,7 +239,7 @@ def test_a_database_outage_retries_later_then_succeeds(fifo_queues: FifoQueues, 
 
     # THEN it is applied once and deleted
     assert outcomes(result) == ["done"]
-    assert db.applications(key) == 1
+    assert invoices.applications(db, key) == 1
     assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 0)
 
 
@@ -298,7 +299,7 @@ def test_a_transient_failure_holds_back_the_rest_of_its_group_only(fifo_queues: 
 
     # WHEN the worker runs while the lock is held
     with pytest.raises(RuntimeError), blocker.transaction() as tx:
-        assert tx.claim(dedup_id=first.dedup_id, task=first.task, item_key=first.key, message_id="blocker",
+        assert claim(tx, dedup_id=first.dedup_id, task=first.task, item_key=first.key, message_id="blocker",
                         group_id="hooli")
         result = run(event, fifo_queues, db)
         raise RuntimeError("roll the blocker back")
@@ -311,7 +312,7 @@ def test_a_transient_failure_holds_back_the_rest_of_its_group_only(fifo_queues: 
     assert {f["itemIdentifier"] for f in result["batchItemFailures"]} == {
         r["messageId"] for r in event["Records"][:3]
     }
-    assert db.invoice_keys(prefix) == [other_key]
+    assert invoices.keys(db, prefix) == [other_key]
     assert depth(fifo_queues.sqs, fifo_queues.url) == (0, 3)
 
     # WHEN the wait is over and the group is delivered again
@@ -320,7 +321,7 @@ def test_a_transient_failure_holds_back_the_rest_of_its_group_only(fifo_queues: 
 
     # THEN all three are applied, in their order
     assert outcomes(result) == ["done", "done", "done"]
-    assert db.invoice_keys(prefix) == [other_key, f"{prefix}1", f"{prefix}2", f"{prefix}3"]
+    assert invoices.keys(db, prefix) == [other_key, f"{prefix}1", f"{prefix}2", f"{prefix}3"]
 
 
 def test_a_batch_stops_and_releases_the_rest_when_time_runs_short(fifo_queues: FifoQueues,
@@ -336,7 +337,7 @@ def test_a_batch_stops_and_releases_the_rest_when_time_runs_short(fifo_queues: F
 
     # THEN nothing is applied and both messages are visible again at once
     assert outcomes(result) == ["retry", "retry"]
-    assert [db.applications(k) for k in keys] == [0, 0]
+    assert [invoices.applications(db, k) for k in keys] == [0, 0]
     assert len(receive_event(fifo_queues, 2)["Records"]) == 2
 
 

@@ -18,6 +18,7 @@ from sluice.envelope import Envelope
 from tests.conftest import REGION, FifoQueues
 from tests.fixtures.events import SQS, load_event, sqs_event, sqs_record
 from tests.helpers import lambda_context
+from worker.tasks import invoices
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +95,7 @@ def test_the_handler_applies_a_batch_and_reuses_its_connection(worker_env: str, 
     assert first["batchItemFailures"] == [] == second["batchItemFailures"]
     assert handler._database.connection().thread_id() == first_session
     checker = Database(url=database_url)
-    assert [checker.applications(k) for k in keys] == [1, 1]
+    assert [invoices.applications(checker, k) for k in keys] == [1, 1]
     checker.close()
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     applied = [line for line in lines if line.get("message") == "applied"]

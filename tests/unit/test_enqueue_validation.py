@@ -14,7 +14,7 @@ from sluice.tasks import load_tasks, task
 
 pytestmark = pytest.mark.unit
 
-load_tasks(("worker.tasks",))
+load_tasks(("worker.tasks.invoices",))
 
 
 def invoice(n: int, **extra: Any) -> dict[str, Any]:

@@ -11,16 +11,17 @@ from sluice.settings import RuntimeConfig, Settings, SettingsError, load_setting
 pytestmark = pytest.mark.unit
 
 
-def safe(**sections: dict[str, Any]) -> Settings:
-    """A consistent baseline, with some sections overridden."""
+def safe(**sections: Any) -> Settings:
+    """A consistent baseline, with some sections overridden (a list replaces the baseline's)."""
     base: dict[str, Any] = {
+        "tasks": [{"module": "worker.tasks.invoices", "migrations": "worker/tasks/invoices/migrations"}],
         "queue": {"name": "q", "visibility_s": 180},
         "drain": {"timeout_s": 60, "safety_margin_ms": 5000, "max_parallel": 4, "consumers": 1},
         "worker": {"timeout_s": 30, "reserved_concurrency": 4},
         "database": {"url": "mysql://u@h/db"},
     }
     for name, values in sections.items():
-        base[name] = {**base.get(name, {}), **values}
+        base[name] = values if isinstance(values, list) else {**base.get(name, {}), **values}
     return Settings(stage="t", **base)
 
 
@@ -83,3 +84,37 @@ def test_runtime_config_rejects_bad_numbers() -> None:
         RuntimeConfig.from_env({"SLUICE_DRAIN_MAX_PARALLEL": "many"})
     with pytest.raises(SettingsError, match="SLUICE_WORKER_BATCH_SIZE"):
         RuntimeConfig.from_env({"SLUICE_WORKER_BATCH_SIZE": "11"})
+
+
+@pytest.mark.parametrize(
+    ("tasks", "reason"),
+    [
+        ([], "tasks lists no task module"),
+        ([{"module": "worker.tasks.invoices"}, {"module": "worker.tasks.invoices"}],
+         "tasks names module 'worker.tasks.invoices' more than once"),
+        ([{"module": "worker.tasks.invoices", "migrations": "worker/tasks/nowhere"}],
+         "the migrations folder 'worker/tasks/nowhere' of worker.tasks.invoices does not exist"),
+    ],
+)
+def test_task_module_problems(tasks: list[dict[str, Any]], reason: str) -> None:
+    # GIVEN a config whose task modules are missing, repeated or point at no migrations folder
+    # THEN config check names the problem
+    assert any(reason in p for p in safe(tasks=tasks).problems())
+
+
+def test_task_modules_reach_the_handlers_environment() -> None:
+    # GIVEN two task modules, one with a migrations folder and settings
+    settings = safe(tasks=[{"module": "worker.tasks.invoices", "migrations": "worker/tasks/invoices/migrations",
+                            "settings": {"url": "http://vendor"}},
+                           {"module": "app.reminders"}])
+    # WHEN the handlers' environment is derived
+    env = settings.runtime_env(queue_url="q", dlq_url="d", worker_function="w")
+    # THEN it names both modules in order, the one folder, and the settings by module
+    assert env["SLUICE_TASK_MODULES"] == "worker.tasks.invoices,app.reminders"
+    assert env["SLUICE_TASK_MIGRATIONS"] == "worker.tasks.invoices=worker/tasks/invoices/migrations"
+    assert env["SLUICE_TASK_SETTINGS"] == '{"worker.tasks.invoices":{"url":"http://vendor"}}'
+
+
+def test_a_module_name_that_is_not_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="module"):
+        safe(tasks=[{"module": "worker/tasks/invoices.py"}])

@@ -1,5 +1,5 @@
-"""Task functions the worker can run. Importing this package registers every task in it."""
+"""The application: task modules, each with its own SQL and its migrations beside it.
 
-from worker.tasks import invoices
-
-__all__ = ["invoices"]
+Which of them a stage runs is configuration (``tasks:`` in ``config/<stage>.yml``); importing
+this package registers nothing by itself.
+"""
