@@ -81,6 +81,10 @@ def symbol(resource: Any) -> str:
         return "secret"
     if "Fn::Sub" in resource:
         return str(resource["Fn::Sub"])
+    if "Fn::Join" in resource:
+        separator, parts = resource["Fn::Join"]
+        return str(separator).join(f"${{{p['Ref']}}}" if isinstance(p, dict) and "Ref" in p else str(p)
+                                   for p in parts)
     raise AssertionError(f"unexpected resource expression {resource}")
 
 

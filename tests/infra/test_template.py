@@ -14,11 +14,12 @@ import pytest
 from sluice.settings import PROJECT_ROOT, RUNTIME_ENV_NAMES
 from sluice_tools.functions import function_table
 
-from .cfn import condition, exists, grants, parameter_defaults, resolve, role_of
+from .cfn import condition, exists, grants, parameter_defaults, resolve, role_of, symbol
 from .conftest import Packaged
 
 pytestmark = pytest.mark.infra
 
+TASK_SECRETS = "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:sluice/<stage>/tasks/*"
 # What each function may do on SQS, Lambda and Secrets Manager, and on which resource: nothing more.
 EXPECTED_GRANTS = {
     "enqueuer": {("sqs:SendMessage", "JobsQueue")},
@@ -32,6 +33,8 @@ EXPECTED_GRANTS = {
         ("sqs:ChangeMessageVisibility", "JobsQueue"),
         ("sqs:SendMessage", "DeadLetterQueue"),
         ("secretsmanager:GetSecretValue", "secret"),
+        # the task modules' own secrets, under <service>/<stage>/tasks/ (resolved per stage below)
+        ("secretsmanager:GetSecretValue", TASK_SECRETS),
     },
     "migrate": {("secretsmanager:GetSecretValue", "secret")},
 }
@@ -118,6 +121,7 @@ def test_each_role_grants_exactly_what_its_function_uses(packaged: Packaged) -> 
         role = role_of(template, logical_id(key))
         allowed = grants(role)
         # THEN its SQS, Lambda and Secrets Manager grants are exactly the listed ones ...
+        expected = {(a, r.replace("<stage>", packaged.settings.stage)) for a, r in expected}
         assert {g for g in allowed if g[0].startswith(GUARDED)} == expected, key
         # ... no wildcard action anywhere, and the rest is only logging and tracing
         assert not any("*" in action for action, _ in allowed), key
@@ -189,13 +193,16 @@ def test_an_existing_topic_and_secret_are_used_instead_of_new_ones(dev: Packaged
     # ... every alarm notifies the given topic ...
     alarms = [v["Properties"] for v in template["Resources"].values() if v["Type"] == "AWS::CloudWatch::Alarm"]
     assert alarms and all(resolve(template, a["AlarmActions"], params) == [topic] for a in alarms)
-    # ... and the worker and migrate read the given secret, and may read only that one
+    # ... and the worker and migrate read the given secret, and may read only that one (besides,
+    # for the worker, the task modules' own secrets under <service>/<stage>/tasks/)
     for key in ("worker", "migrate"):
         props = template["Resources"][logical_id(key)]["Properties"]
         assert resolve(template, props["Environment"]["Variables"]["SLUICE_DB_SECRET_ID"], params) == secret
         statements = [st for p in role_of(template, logical_id(key))["Properties"]["Policies"]
                       for st in p["PolicyDocument"]["Statement"] if "secretsmanager:GetSecretValue" in st["Action"]]
-        assert [resolve(template, st["Resource"], params) for st in statements] == [secret], key
+        database = [st for st in statements if symbol(st["Resource"]) != TASK_SECRETS.replace("<stage>", "dev")]
+        assert [resolve(template, st["Resource"], params) for st in database] == [secret], key
+        assert len(statements) - len(database) == (1 if key == "worker" else 0), key
 
 
 def test_dev_has_no_database_resources_and_iam_auth(dev: Packaged) -> None:
