@@ -224,6 +224,7 @@ class Vendor:
         self._lock = threading.RLock()  # _record runs with and without it held
         self.listener: Listener | None = None
         self._outage_timer: threading.Timer | None = None
+        self._outage_generation = 0
         self.reset(settings)
 
     def reset(self, settings: VendorSettings) -> None:
@@ -257,38 +258,41 @@ class Vendor:
 
     def outage(self, refuse_s: float, down_s: float) -> None:
         """Refuse connections for ``refuse_s``, then answer 503 for ``down_s``, then heal; both 0
-        ends the current outage now."""
+        ends the current outage now. Held under the lock, so requests wait while the port closes
+        (one accept-loop poll) and an earlier outage's timer cannot reopen it under a later one."""
         with self._lock:
+            self._outage_generation += 1
             if self._outage_timer is not None:
                 self._outage_timer.cancel()
                 self._outage_timer = None
             now = time.monotonic()
             self._refuse_until = now + refuse_s
             self._down_until = now + refuse_s + down_s
-            if refuse_s > 0:
-                self._outage_timer = threading.Timer(refuse_s, self._end_refusal)
-                self._outage_timer.daemon = True
-        if self.listener is None:
-            return
-        if refuse_s > 0:
+            if self.listener is None:
+                return
+            if refuse_s <= 0:
+                self.listener.open()
+                return
             self.listener.close()
-            assert self._outage_timer is not None
+            self._outage_timer = threading.Timer(refuse_s, self._end_refusal, args=(self._outage_generation,))
+            self._outage_timer.daemon = True
             self._outage_timer.start()
-        else:
-            self.listener.open()
 
-    def _end_refusal(self) -> None:
-        if self.listener is not None:
+    def _end_refusal(self, generation: int) -> None:
+        with self._lock:
+            if generation != self._outage_generation or self.listener is None:
+                return  # a later outage (or its end) took over
             with contextlib.suppress(LocalServiceError):  # port taken meanwhile: `listen_error` says so
                 self.listener.open()
 
     def stop(self) -> None:
         with self._lock:
+            self._outage_generation += 1
             if self._outage_timer is not None:
                 self._outage_timer.cancel()
                 self._outage_timer = None
-        if self.listener is not None:
-            self.listener.close()
+            if self.listener is not None:
+                self.listener.close()
 
     # -- the messages route --------------------------------------------------------------------
 
