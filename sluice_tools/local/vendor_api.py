@@ -1,7 +1,7 @@
 """A stand-in for a third party's HTTP API: the target of tasks that call a vendor (SMS, email).
 
 Several named vendors in one server on 127.0.0.1, each with its own settings, rate limit,
-idempotency store and counters. The local stack runs it in its own process (like the HTTP API)
+idempotency store and counters. The local stack runs it inside the stack process (like the HTTP API)
 and writes its address to ``.sluice/local.env``; run it alone with
 ``python -m sluice_tools.local.vendor_api --port N``.
 
