@@ -108,9 +108,41 @@ class AlarmSettings(_Section):
     oldest_message_age_s: int = Field(900, ge=60)
 
 
+_VENDOR_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+class LocalVendorSettings(_Section):
+    """One vendor of the local stack's stand-in vendor API: the request rate it allows and how it
+    misbehaves. ``burst`` defaults to one second's worth of ``rate_per_s``."""
+
+    rate_per_s: float = Field(50, gt=0, le=100000)
+    burst: float = Field(1, ge=1, le=100000)
+    latency_ms: float = Field(0, ge=0, le=60000)
+    jitter_ms: float = Field(0, ge=0, le=60000)
+    failure_rate: float = Field(0, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _burst_from_rate(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("burst") is None:
+            rate = data.get("rate_per_s", 50)
+            if isinstance(rate, int | float) and not isinstance(rate, bool):
+                return {**data, "burst": max(1.0, float(rate))}
+        return data
+
+
 class LocalSettings(_Section):
     tick_s: float = Field(1.0, gt=0, le=3600)
     sqs: str = "fauxqs"
+    vendors: dict[str, LocalVendorSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _vendor_names(self) -> LocalSettings:
+        for name in self.vendors:
+            if not _VENDOR_NAME.match(name):
+                raise ValueError(f"vendor name {name!r} must be 1-32 lower-case letters, digits or '-', "
+                                 "starting with a letter or digit")
+        return self
 
 
 _MODULE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"

@@ -33,6 +33,10 @@ ENDPOINT_ENV_KEYS: tuple[str, ...] = (
 LOCAL_ENV_KEYS: tuple[str, ...] = (
     *ENDPOINT_ENV_KEYS,
     "SLUICE_API_URL",
+    # The stand-in vendor API: its shared port (every vendor, and /_admin) and the secret holding
+    # its token; each vendor's own port follows as SLUICE_VENDOR_URL_<NAME>.
+    "SLUICE_VENDOR_URL",
+    "SLUICE_VENDOR_SECRET_ID",
     "DATABASE_URL",
     # The mysql/mariadb client reads these (DATABASE_URL is for code); with them,
     # `mysql -u <user> <database>` reaches the stack's database.

@@ -3,7 +3,8 @@
 ``create_queues`` builds the FIFO queue and its FIFO dead-letter queue with the attributes
 infra/ gives them on AWS (visibility timeout, retention, redrive after max_receive_count,
 DLQ retention); ``create_db_secret`` stores the database credentials in Secrets Manager in
-the shape RDS uses, so the worker reads them locally exactly as it does on AWS.
+the shape RDS uses, so the worker reads them locally exactly as it does on AWS;
+``create_vendor_secret`` stores the stand-in vendor API's token the same way.
 """
 
 from __future__ import annotations
@@ -77,14 +78,29 @@ def rds_secret(url: str) -> dict[str, Any]:
 def create_db_secret(secrets_client: Any, settings: Settings, database_url: str) -> str:
     """Store the database credentials under ``settings.database.secret``; returns the secret's ARN."""
     name = settings.database.secret or f"{settings.service}/{settings.stage}/database"
-    value = json.dumps(rds_secret(database_url))
+    return _put_secret(secrets_client, name, rds_secret(database_url), "database")
+
+
+def vendor_secret_name(settings: Settings) -> str:
+    return f"{settings.service}/{settings.stage}/vendor"
+
+
+def create_vendor_secret(secrets_client: Any, settings: Settings, token: str) -> str:
+    """Store the stand-in vendor API's bearer token as ``{"token": ...}`` under
+    ``<service>/<stage>/vendor``, where a vendor-calling task reads it; returns the secret's ARN."""
+    return _put_secret(secrets_client, vendor_secret_name(settings), {"token": token}, "vendor")
+
+
+def _put_secret(secrets_client: Any, name: str, value: dict[str, Any], what: str) -> str:
+    """Create the secret, or give an existing one (a restarted stack) this value; returns its ARN."""
+    text = json.dumps(value)
     try:
         try:
-            arn: str = secrets_client.create_secret(Name=name, SecretString=value)["ARN"]
+            arn: str = secrets_client.create_secret(Name=name, SecretString=text)["ARN"]
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ResourceExistsException":
                 raise
-            arn = secrets_client.put_secret_value(SecretId=name, SecretString=value)["ARN"]
+            arn = secrets_client.put_secret_value(SecretId=name, SecretString=text)["ARN"]
         return arn
     except (ClientError, BotoCoreError) as exc:
-        raise ResourceError(f"cannot create the database secret {name!r}: {exc}") from exc
+        raise ResourceError(f"cannot create the {what} secret {name!r}: {exc}") from exc

@@ -3,7 +3,8 @@
 Servers it starts, all on 127.0.0.1: a moto server (Secrets Manager and the rest), an SQS
 server (fauxqs by default; moto, or any URL), MariaDB (found or private), the Lambda service
 running the functions of ``sluice_tools.functions.function_table``, the HTTP API in front of the
-enqueuer and the schedule for the consumers. Once everything answers it writes
+enqueuer, the schedule for the consumers and the stand-in vendor API (``local.vendors``; its
+token in the secret ``<service>/<stage>/vendor``). Once everything answers it writes
 ``.sluice/local.env`` and a state file with every child pid, so `sluice local down` can stop
 the stack, and clean up after it even if the stack process itself was killed.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +37,9 @@ from sluice_tools.local.lambda_service import FunctionDefinition, LambdaService,
 from sluice_tools.local.mariadb import DatabaseUrl, LocalDatabase, find_database
 from sluice_tools.local.moto_server import MotoServer
 from sluice_tools.local.processes import LocalServiceError, choose_port
-from sluice_tools.local.resources import QueueUrls, create_db_secret, create_queues
+from sluice_tools.local.resources import QueueUrls, create_db_secret, create_queues, create_vendor_secret
 from sluice_tools.local.scheduler import ACCOUNT_ID, Scheduler
+from sluice_tools.local.vendor_api import VendorApi, configured_vendors
 
 STATE_FILE = "stack.json"
 
@@ -86,6 +89,7 @@ class LocalStack:
     lambda_port: int | None = None
     sqs_port: int | None = None
     moto_port: int | None = None
+    vendor_port: int | None = None  # the vendor API's shared port (each vendor also gets a free one)
     database_url: str | None = None  # None: DATABASE_URL, else 127.0.0.1:3306, else a private mariadbd
     tick_s: float | None = None  # None: settings.local.tick_s
     local_dir: Path = LOCAL_DIR
@@ -98,6 +102,7 @@ class LocalStack:
     database: LocalDatabase | None = field(default=None, init=False)
     lambdas: LambdaService | None = field(default=None, init=False)
     api: HttpApi | None = field(default=None, init=False)
+    vendors: VendorApi | None = field(default=None, init=False)
     scheduler: Scheduler | None = field(default=None, init=False)
     queues: QueueUrls | None = field(default=None, init=False)
     env: dict[str, str] = field(default_factory=dict, init=False)
@@ -151,6 +156,8 @@ class LocalStack:
         # Ports asked for explicitly are checked up front, so a taken one fails before anything starts.
         if self.api_port:
             choose_port(self.api_port, "the HTTP API")
+        if self.vendor_port:
+            choose_port(self.vendor_port, "the vendor API")
         # The functions' environment names the Lambda endpoint (the consumer invokes workers there),
         # so its port is settled before the service starts.
         lambda_port = choose_port(self.lambda_port, "the Lambda service")
@@ -172,8 +179,15 @@ class LocalStack:
         aws = {"region_name": self.region, "aws_access_key_id": DUMMY_ACCESS_KEY_ID,
                "aws_secret_access_key": DUMMY_SECRET_ACCESS_KEY}
         self.queues = create_queues(boto3.client("sqs", endpoint_url=self.sqs_url, **aws), self.settings)
-        secret_arn = create_db_secret(boto3.client("secretsmanager", endpoint_url=moto_url, **aws),
-                                      self.settings, self.database.url)
+        secrets_client = boto3.client("secretsmanager", endpoint_url=moto_url, **aws)
+        secret_arn = create_db_secret(secrets_client, self.settings, self.database.url)
+        # The vendor's token is made per run: the task reads it from the secret, as it would on AWS.
+        vendor_token = secrets.token_urlsafe(24)
+        self.vendors = VendorApi(configured_vendors(self.settings.local.vendors, vendor_token),
+                                 port=self.vendor_port)
+        self.vendors.start()
+        vendor_env = {**self.vendors.env(),
+                      "SLUICE_VENDOR_SECRET_ID": create_vendor_secret(secrets_client, self.settings, vendor_token)}
         function_env = {
             **self.settings.runtime_env(queue_url=self.queues.url, dlq_url=self.queues.dlq_url,
                                         queue_arn=self.queues.arn, worker_function=self.function_name("worker"),
@@ -189,6 +203,7 @@ class LocalStack:
             "AWS_REGION": self.region,
             "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
             "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+            **vendor_env,
             **self.extra_function_env,
         }
         function_env.pop("AWS_SESSION_TOKEN", None)
@@ -220,6 +235,7 @@ class LocalStack:
             "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
             "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
             "SLUICE_API_URL": api_url,
+            **vendor_env,
             "DATABASE_URL": self.database.url,
             **DatabaseUrl.parse(self.database.url).client_env(),
             "SLUICE_QUEUE_URL": self.queues.url,
@@ -242,6 +258,8 @@ class LocalStack:
             self.api.stop()
         if self.lambdas is not None:
             self.lambdas.stop()
+        if self.vendors is not None:
+            self.vendors.stop()
         if self.database is not None:
             self.database.stop()
         if self.fauxqs is not None:
@@ -295,6 +313,7 @@ class LocalStack:
                          "private_alive": bool(self.database and self.database.private
                                                and self.database.private.alive())},
             "api_url": self.env.get("SLUICE_API_URL", ""),
+            "vendor_url": self.env.get("SLUICE_VENDOR_URL", ""),
             "lambda_url": self.env.get("AWS_ENDPOINT_URL_LAMBDA", ""),
             "queues": {"url": self.queues.url, "dlq_url": self.queues.dlq_url} if self.queues else {},
             "functions": functions,

@@ -18,12 +18,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import boto3
 import pymysql
 import pytest
 
-from sluice.settings import PROJECT_ROOT
+from sluice.settings import PROJECT_ROOT, load_settings
 from sluice_tools.local.http_api import MAX_BODY_BYTES, HttpApi, lambda_invoker
 from sluice_tools.local.lambda_service import FunctionDefinition, LambdaService
+from sluice_tools.local.processes import is_listening
+from sluice_tools.local.vendor_client import VendorClient
 
 pytestmark = pytest.mark.e2e
 
@@ -80,6 +83,16 @@ def process_groups(local_dir: Path, env: dict[str, str]) -> list[int]:
     return [int(pid) for pid in state["children"].values()] + function_pids(env)
 
 
+def vendor_token(env: dict[str, str]) -> str:
+    """The stand-in vendor's token, read from the secret the stack stored it in."""
+    secrets = boto3.client("secretsmanager", endpoint_url=env["AWS_ENDPOINT_URL_SECRETS_MANAGER"],
+                           region_name=env["AWS_DEFAULT_REGION"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                           aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    value = secrets.get_secret_value(SecretId=env["SLUICE_VENDOR_SECRET_ID"])["SecretString"]
+    token: str = json.loads(value)["token"]
+    return token
+
+
 def start_stack(local_dir: Path, database_url: str, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "DATABASE_URL": database_url}
     return subprocess.Popen([*CLI, "local", "up", "--local-dir", str(local_dir), *extra], cwd=PROJECT_ROOT,
@@ -111,6 +124,19 @@ def test_ctrl_c_stops_the_foreground_stack_and_every_process_it_started(
                                  scratch_database_url.rsplit("/", 1)[1]],
                                 env={**os.environ, **env}, capture_output=True, text=True, timeout=30)
         assert client.returncode == 0 and int(client.stdout) >= 1, client.stderr
+        # AND the stand-in vendor API answers at SLUICE_VENDOR_URL with the configured vendors, and a
+        # vendor's own URL takes a message sent with the token from the vendor secret
+        vendors = VendorClient(env["SLUICE_VENDOR_URL"]).vendors()
+        assert sorted(vendors) == sorted(load_settings("local").local.vendors)
+        assert env["SLUICE_VENDOR_URL_A"] == vendors["a"].url
+        message = urllib.request.Request(
+            env["SLUICE_VENDOR_URL_A"] + "/vendors/a/messages", method="POST",
+            data=json.dumps({"to": "+4915112345678", "text": "hello"}).encode(),
+            headers={"Authorization": f"Bearer {vendor_token(env)}", "Idempotency-Key": uuid.uuid4().hex,
+                     "Content-Type": "application/json"})
+        with urllib.request.urlopen(message, timeout=10) as reply:
+            assert reply.status == 201
+        vendor_ports = [int(url.rsplit(":", 1)[1]) for key, url in env.items() if key.startswith("SLUICE_VENDOR_URL")]
         poll(lambda: len(function_pids(env)) >= 2, 20, "enqueuer and consumer processes running")
         groups = process_groups(local_dir, env)
         assert len(groups) >= 4 and all(group_alive(g) for g in groups)
@@ -126,6 +152,7 @@ def test_ctrl_c_stops_the_foreground_stack_and_every_process_it_started(
         assert "Traceback" not in stderr, stderr
         assert not (local_dir / "stack.json").exists() and not env_file.exists()
         poll(lambda: not any(group_alive(g) for g in groups), 10, f"process groups {groups} gone")
+        assert not any(is_listening(port) for port in vendor_ports)
     finally:
         if proc.poll() is None:
             proc.kill()
