@@ -82,12 +82,12 @@ def create_db_secret(secrets_client: Any, settings: Settings, database_url: str)
 
 
 def vendor_secret_name(settings: Settings) -> str:
-    return f"{settings.service}/{settings.stage}/vendor"
+    return f"{settings.service}/{settings.stage}/tasks/vendor"  # the prefix the worker may read
 
 
 def create_vendor_secret(secrets_client: Any, settings: Settings, token: str) -> str:
     """Store the stand-in vendor API's bearer token as ``{"token": ...}`` under
-    ``<service>/<stage>/vendor``, where a vendor-calling task reads it; returns the secret's ARN."""
+    ``<service>/<stage>/tasks/vendor``, where a vendor-calling task reads it; returns the secret's ARN."""
     return _put_secret(secrets_client, vendor_secret_name(settings), {"token": token}, "vendor")
 
 

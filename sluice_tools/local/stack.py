@@ -4,7 +4,7 @@ Servers it starts, all on 127.0.0.1: a moto server (Secrets Manager and the rest
 server (fauxqs by default; moto, or any URL), MariaDB (found or private), the Lambda service
 running the functions of ``sluice_tools.functions.function_table``, the HTTP API in front of the
 enqueuer, the schedule for the consumers and the stand-in vendor API (``local.vendors``; its
-token in the secret ``<service>/<stage>/vendor``). Once everything answers it writes
+token in the secret ``<service>/<stage>/tasks/vendor``). Once everything answers it writes
 ``.sluice/local.env`` and a state file with every child pid, so `sluice local down` can stop
 the stack, and clean up after it even if the stack process itself was killed.
 """
