@@ -153,7 +153,7 @@ class TaskModuleSettings(_Section):
 
     module: str = Field(pattern=_MODULE_NAME)
     # Folder of NNNN_name.sql migrations (yoyo), relative to the project root; "" = none.
-    migrations: str = Field("", pattern=r"^([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$")
+    migrations: str = Field("", pattern=r"^(/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$")
     # Options the task reads with sluice.task_settings(<module>): a vendor URL, a secret name.
     settings: dict[str, Any] = Field(default_factory=dict)
 
