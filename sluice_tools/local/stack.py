@@ -20,6 +20,7 @@ from typing import Any
 
 import boto3
 
+from sluice.db import DbCredentials
 from sluice.settings import PROJECT_ROOT, Settings
 from sluice_tools.functions import function_table
 from sluice_tools.local.env import (
@@ -31,7 +32,7 @@ from sluice_tools.local.env import (
 from sluice_tools.local.fauxqs import FauxqsServer
 from sluice_tools.local.http_api import HttpApi, lambda_invoker
 from sluice_tools.local.lambda_service import FunctionDefinition, LambdaService, LambdaServiceError
-from sluice_tools.local.mariadb import DatabaseUrl, LocalDatabase, find_database
+from sluice_tools.local.mariadb import LocalDatabase, find_database
 from sluice_tools.local.moto_server import MotoServer
 from sluice_tools.local.processes import LocalServiceError, choose_port
 from sluice_tools.local.resources import QueueUrls, create_db_secret, create_queues
@@ -219,7 +220,7 @@ class LocalStack:
             "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
             "SLUICE_API_URL": api_url,
             "DATABASE_URL": self.database.url,
-            **DatabaseUrl.parse(self.database.url).client_env(),
+            **DbCredentials.from_url(self.database.url).client_env(),
             "SLUICE_QUEUE_URL": self.queues.url,
             "SLUICE_DLQ_URL": self.queues.dlq_url,
             "SLUICE_LAMBDA_STATS_URL": f"{lambda_url}/sluice/stats",
