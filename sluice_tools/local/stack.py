@@ -173,6 +173,16 @@ class LocalStack:
         self.queues = create_queues(boto3.client("sqs", endpoint_url=self.sqs_url, **aws), self.settings)
         secret_arn = create_db_secret(boto3.client("secretsmanager", endpoint_url=moto_url, **aws),
                                       self.settings, self.database.url)
+        # What points a process at this stack: the functions get it, and so does local.env.
+        endpoints = {
+            "AWS_ENDPOINT_URL": moto_url,
+            "AWS_ENDPOINT_URL_SQS": self.sqs_url,
+            "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+        }
         function_env = {
             **self.settings.runtime_env(queue_url=self.queues.url, dlq_url=self.queues.dlq_url,
                                         queue_arn=self.queues.arn, worker_function=self.function_name("worker"),
@@ -180,14 +190,8 @@ class LocalStack:
             # An RDS secret always has a password; the machine's root may not, so the URL (which wins
             # over the secret in the handlers) is passed too. The secret is still made and valid.
             "DATABASE_URL": self.database.url,
-            "AWS_ENDPOINT_URL": moto_url,
-            "AWS_ENDPOINT_URL_SQS": self.sqs_url,
-            "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
-            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_url,
-            "AWS_DEFAULT_REGION": self.region,
+            **endpoints,
             "AWS_REGION": self.region,
-            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
             **self.extra_function_env,
         }
         function_env.pop("AWS_SESSION_TOKEN", None)
@@ -211,13 +215,7 @@ class LocalStack:
             region=self.region,
         )
         self.env = {
-            "AWS_ENDPOINT_URL": moto_url,
-            "AWS_ENDPOINT_URL_SQS": self.sqs_url,
-            "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
-            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_url,
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+            **endpoints,
             "SLUICE_API_URL": api_url,
             "DATABASE_URL": self.database.url,
             **DbCredentials.from_url(self.database.url).client_env(),
