@@ -25,6 +25,7 @@ from sluice.aws import Queue
 from sluice.migrations import apply_migrations
 from sluice.settings import PROJECT_ROOT, Settings, load_settings
 from sluice_tools.functions import function_table
+from sluice_tools.local.env import restore_environment, use_local_stack
 from sluice_tools.local.fauxqs import FauxqsServer
 from sluice_tools.local.lambda_service import LambdaService
 from sluice_tools.local.processes import StartStopContext, free_port
@@ -139,12 +140,7 @@ class BenchStack(StartStopContext):
         endpoints = {**DUMMY_CREDENTIALS, "AWS_ENDPOINT_URL_SQS": self.proxy.url,
                      "AWS_ENDPOINT_URL_LAMBDA": lambda_url}
         # The bench process's own clients (enqueue, depth sampling) reach the same servers.
-        for key, value in endpoints.items():
-            self._saved_env.setdefault(key, os.environ.get(key))
-            os.environ[key] = value
-        from sluice import aws
-
-        aws.reset_clients()
+        self._saved_env = use_local_stack(endpoints)
         self.sqs = boto3.client("sqs", endpoint_url=self.proxy.url, region_name=REGION)
         queues = create_queues(self.sqs, self.settings)
         self.queue_url, self.dlq_url, self.queue_arn = queues.url, queues.dlq_url, queues.arn
@@ -177,14 +173,8 @@ class BenchStack(StartStopContext):
                 self.proxy.stop()
         with contextlib.suppress(Exception):
             self.fauxqs.stop()
-        for key, value in self._saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        from sluice import aws
-
-        aws.reset_clients()
+        restore_environment(self._saved_env)
+        self._saved_env = {}
 
     # -- what the scenarios read ---------------------------------------------------------
     def depth(self, url: str | None = None) -> tuple[int, int]:

@@ -95,22 +95,31 @@ class DbCredentials:
 
     @classmethod
     def from_url(cls, url: str) -> DbCredentials:
-        """Parse ``mysql://user:pass@host:port/db`` (db may be empty for an admin connection)."""
+        """Parse ``mysql://user:pass@host:port/db`` (db may be empty for an admin connection).
+
+        Every malformed URL is one DbConfigError naming the problem and showing the URL with
+        its password masked, never a ValueError from the parser.
+        """
+        shape = f"database URL {cls.redact_url(url)!r} is not mysql://user:password@host:port/database"
         try:
             parts = urlsplit(url)
-            port = parts.port
         except ValueError as exc:
-            raise DbConfigError(f"database URL is malformed: {exc}") from None
+            raise DbConfigError(f"{shape}: it is malformed: {exc}") from None
         if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
-            raise DbConfigError(
-                f"database URL must start with mysql:// (got scheme {parts.scheme!r}); "
-                "expected mysql://user:password@host:port/database"
-            )
+            raise DbConfigError(f"{shape}: it must start with mysql:// (got scheme {parts.scheme!r})")
         if not parts.hostname:
-            raise DbConfigError("database URL has no host; expected mysql://user:password@host:port/database")
+            raise DbConfigError(f"{shape}: it has no host")
+        try:
+            port = parts.port  # urlsplit checks the port only when asked for it
+        except ValueError:
+            raise DbConfigError(f"{shape}: it is malformed: the port is not a number from 1 to 65535") from None
         database = unquote(parts.path.lstrip("/"))
         if "/" in database:
-            raise DbConfigError(f"database URL path {parts.path!r} must be a single database name")
+            raise DbConfigError(f"{shape}: the path {parts.path!r} must be a single database name")
+        if database and not cls._plain_name(database):
+            # The name goes into CREATE DATABASE `...`; anything else is refused, not quoted around.
+            raise DbConfigError(
+                f"{shape}: the database name {database!r} may hold only letters, digits, _ and $ (at most 64)")
         return cls(
             host=parts.hostname,
             port=port or DEFAULT_PORT,
@@ -118,6 +127,19 @@ class DbCredentials:
             password=unquote(parts.password or ""),
             database=database,
         )
+
+    @staticmethod
+    def _plain_name(name: str) -> bool:
+        return len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "_$") for c in name)
+
+    @staticmethod
+    def redact_url(url: str) -> str:
+        """``url`` with its password masked, for messages; works on URLs the parser refuses too."""
+        scheme, slashes, rest = url.partition("//")
+        userinfo, at, location = rest.rpartition("@")
+        if not slashes or not at or ":" not in userinfo:
+            return url
+        return f"{scheme}//{userinfo.split(':', 1)[0]}:***@{location}"
 
     @classmethod
     def from_secret(cls, secret: Any, default_database: str = "") -> DbCredentials:
@@ -145,6 +167,18 @@ class DbCredentials:
     def redacted(self) -> str:
         """Where it points, without the password: for messages and logs."""
         return f"{self.user}@{self.host}:{self.port}/{self.database}"
+
+    def with_database(self, database: str) -> DbCredentials:
+        """The same server and login, another database ("" for an admin connection)."""
+        return DbCredentials(host=self.host, port=self.port, user=self.user, password=self.password,
+                             database=database)
+
+    def client_env(self) -> dict[str, str]:
+        """What the mysql/mariadb command-line client reads from its environment (no user: ``-u``)."""
+        env = {"MYSQL_HOST": self.host, "MYSQL_TCP_PORT": str(self.port)}
+        if self.password:
+            env["MYSQL_PWD"] = self.password
+        return env
 
 
 def open_connection(creds: DbCredentials, *, connect_timeout: float = 3, read_timeout: float = 10,

@@ -19,7 +19,6 @@ other work counts only its own rows.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import time
@@ -38,7 +37,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from sluice.aws import Queue, reset_clients
+from sluice.aws import Queue
 from sluice.db import Database, DbError
 from sluice_tools.ops.dlq import list_dead_letters
 from sluice_tools.ops.status import QueueCounts, lambda_stats, queue_counts
@@ -334,7 +333,7 @@ def main(
 ) -> None:
     """Start the local stack, POST a burst of invoices, watch it drain, check the result."""
     from sluice.settings import SettingsError, load_settings
-    from sluice_tools.local.env import LOCAL_DIR, read_local_env
+    from sluice_tools.local.env import LOCAL_DIR, read_local_env, use_local_stack
     from sluice_tools.local.processes import LocalServiceError
     from sluice_tools.local.stack import LocalStack, running_stack
 
@@ -369,12 +368,7 @@ def main(
             env = stack.start()
             worker, consumer = _function_names(settings)
         # boto3 in this process talks to the stack's servers.
-        for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_LAMBDA",
-                    "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-            if env.get(key):
-                os.environ[key] = env[key]
-        os.environ.pop("AWS_SESSION_TOKEN", None)
-        reset_clients()
+        use_local_stack(env, default_region=settings.region)
         ok = run_demo(env, cap=cap_used, worker_function=worker, consumer_function=consumer, items=items,
                       poison=poison, duplicates=items // 100 if duplicates is None else duplicates,
                       request_size=request_size, timeout_s=timeout_s, json_out=json_out)

@@ -23,7 +23,7 @@ from sluice import aws
 from sluice.settings import Settings, load_settings
 from sluice_tools.errors import EXIT_UNAVAILABLE, CliError
 from sluice_tools.functions import function_table
-from sluice_tools.local.env import ENDPOINT_ENV_KEYS
+from sluice_tools.local.env import LocalStackNotRunningError, read_local_env, use_local_stack
 
 LOCAL_STAGE = "local"
 # Lets a test (or a second stack) point the CLI at another local.env than the project's.
@@ -92,8 +92,6 @@ def _function_names(settings: Settings) -> dict[str, str]:
 
 
 def _resolve_local(settings: Settings) -> StageContext:
-    from sluice_tools.local.env import LocalStackNotRunningError, read_local_env
-
     try:
         env = read_local_env(local_env_path())
     except LocalStackNotRunningError as exc:
@@ -102,12 +100,7 @@ def _resolve_local(settings: Settings) -> StageContext:
     if missing:
         raise CliError(f"local.env lacks {', '.join(missing)}: restart the stack with `sluice local up`",
                        EXIT_UNAVAILABLE)
-    # boto3 reads the per-service endpoints by itself; clients made before this would not see them.
-    for key in ENDPOINT_ENV_KEYS:
-        if env.get(key):
-            os.environ[key] = env[key]
-    os.environ.setdefault("AWS_DEFAULT_REGION", settings.region)
-    aws.reset_clients()
+    use_local_stack(env, default_region=settings.region)
     return StageContext(
         settings=settings,
         queue_url=env["SLUICE_QUEUE_URL"],

@@ -27,11 +27,12 @@ import boto3
 import pymysql
 
 from sluice.aws import Queue
+from sluice.db import DbCredentials
 from sluice.settings import Settings
 from sluice_tools.chaos.sqs_fault_proxy import FaultPlan, SqsFaultProxy
 from sluice_tools.chaos.tasks import EFFECTS_TABLE_SQL
 from sluice_tools.local.fauxqs import FauxqsServer
-from sluice_tools.local.mariadb import DatabaseUrl, PrivateMariaDB
+from sluice_tools.local.mariadb import PrivateMariaDB
 from sluice_tools.local.processes import StartStopContext, poll_until
 from sluice_tools.local.stack import LocalStack
 from sluice_tools.ops.status import queue_counts
@@ -160,14 +161,14 @@ class ChaosRun(StartStopContext):
         self._db_name = f"chaos_{self.run_id}"
         if self.private_db:
             self.mariadb = PrivateMariaDB(self.work_dir / "mariadb")
-            self._admin_url = str(self.mariadb.start())
+            self._admin_url = self.mariadb.start().url()
         else:
             self._admin_url = MACHINE_DB
         self._fauxqs = FauxqsServer(log_path=self.work_dir / "fauxqs.log")
         upstream = self._fauxqs.start()
         self.proxy = SqsFaultProxy(upstream, FaultPlan(rate=0.0), seed=self.seed)
         proxy_url = self.proxy.start()
-        db_url = str(DatabaseUrl.parse(self._admin_url).with_database(self._db_name))
+        db_url = DbCredentials.from_url(self._admin_url).with_database(self._db_name).url()
         self.stack = LocalStack(self.settings, sqs=proxy_url, database_url=db_url, tick_s=self.tick_s,
                                 local_dir=self.work_dir / "stack", write_env=False, schedule=True,
                                 extra_function_env={"SLUICE_EXTRA_TASK_MODULES": "sluice_tools.chaos.tasks",
@@ -353,6 +354,6 @@ class ChaosRun(StartStopContext):
 
 
 def _connect_args(url: str) -> dict[str, Any]:
-    parsed = DatabaseUrl.parse(url)
+    parsed = DbCredentials.from_url(url)
     return {"host": parsed.host, "port": parsed.port, "user": parsed.user, "password": parsed.password,
             "connect_timeout": 5}

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from sluice import aws
 from sluice.settings import PROJECT_ROOT
 
 LOCAL_DIR = PROJECT_ROOT / ".sluice"
@@ -53,6 +54,9 @@ LOCAL_ENV_KEYS: tuple[str, ...] = (
 # The local servers accept any credentials; these say so to whoever reads the file.
 DUMMY_ACCESS_KEY_ID = "local"
 DUMMY_SECRET_ACCESS_KEY = "local"
+
+# Every variable use_local_stack may set or remove: what a caller saves to put the process back.
+EXPORTED_ENV_KEYS: tuple[str, ...] = (*ENDPOINT_ENV_KEYS, "AWS_SESSION_TOKEN")
 
 
 class LocalStackNotRunningError(RuntimeError):
@@ -97,3 +101,39 @@ def read_local_env(path: Path = LOCAL_ENV) -> dict[str, str]:
 
 def remove_local_env(path: Path = LOCAL_ENV) -> None:
     path.unlink(missing_ok=True)
+
+
+def use_local_stack(env: Mapping[str, str], *, default_region: str = "") -> dict[str, str | None]:
+    """Point this process's AWS clients at the local stack that ``env`` (its local.env) describes.
+
+    boto3 reads the endpoints from the environment only when a client is made, so every endpoint
+    ``env`` names (the general one, SQS, Lambda, Secrets Manager) is exported, one it does not name
+    is removed (that service then falls back to AWS_ENDPOINT_URL, never to another stack's port),
+    and sluice.aws's cached clients are dropped. Credentials are the stack's (the local servers
+    accept any; dummy ones when ``env`` has none), without a session token, so real credentials
+    never reach a local server. The region is ``env``'s, else ``default_region`` when the process
+    has none. Returns what it replaced (None: was unset), for restore_environment.
+    """
+    previous = {key: os.environ.get(key) for key in EXPORTED_ENV_KEYS}
+    exported = {key: env[key] for key in ENDPOINT_ENV_KEYS if env.get(key)}
+    exported.setdefault("AWS_ACCESS_KEY_ID", DUMMY_ACCESS_KEY_ID)
+    exported.setdefault("AWS_SECRET_ACCESS_KEY", DUMMY_SECRET_ACCESS_KEY)
+    if default_region and not os.environ.get("AWS_DEFAULT_REGION"):
+        exported.setdefault("AWS_DEFAULT_REGION", default_region)
+    for key in EXPORTED_ENV_KEYS:
+        if key in exported:
+            os.environ[key] = exported[key]
+        elif key.startswith("AWS_ENDPOINT_URL") or key == "AWS_SESSION_TOKEN":
+            os.environ.pop(key, None)
+    aws.reset_clients()
+    return previous
+
+
+def restore_environment(previous: Mapping[str, str | None]) -> None:
+    """Put back what use_local_stack replaced, and drop the clients made against the stack."""
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    aws.reset_clients()

@@ -11,16 +11,15 @@ and restarts it mid-drain (same data directory, same port).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
 
 import pymysql
 
+from sluice.db import DbConfigError, DbCredentials
 from sluice.migrations import MigrationSource
 from sluice_tools.local.processes import LOOPBACK, ChildProcess, LocalServiceError, choose_port, wait_until
 
@@ -32,94 +31,37 @@ INSTALL_HINT = (
 )
 
 
-_DATABASE_NAME = re.compile(r"^[A-Za-z0-9_$]{1,64}$")
-
-
 class DatabaseUnavailableError(LocalServiceError):
     """No MariaDB could be found or started."""
 
 
-@dataclass(frozen=True)
-class DatabaseUrl:
-    user: str
-    password: str
-    host: str
-    port: int
-    database: str
-
-    @classmethod
-    def parse(cls, url: str) -> DatabaseUrl:
-        parts = urlsplit(url)
-        shape = f"DATABASE_URL {redact(url)!r} is not mysql://user:password@host:port/db"
-        if parts.scheme not in ("mysql", "mariadb", "mysql+pymysql") or not parts.hostname:
-            raise DatabaseUnavailableError(shape)
-        try:
-            port = parts.port or MACHINE_PORT  # urlsplit checks the port only when asked for it
-        except ValueError:
-            raise DatabaseUnavailableError(f"{shape}: the port is not a number from 1 to 65535") from None
-        database = unquote(parts.path.lstrip("/"))
-        if database and not _DATABASE_NAME.match(database):
-            # The name goes into CREATE DATABASE `...`; anything else is refused, not quoted around.
-            raise DatabaseUnavailableError(
-                f"{shape}: the database name {database!r} may hold only letters, digits, _ and $ (at most 64)")
-        return cls(
-            user=unquote(parts.username or "root"),
-            password=unquote(parts.password or ""),
-            host=parts.hostname,
-            port=port,
-            database=database,
-        )
-
-    def client_env(self) -> dict[str, str]:
-        """What the mysql/mariadb command-line client reads from its environment."""
-        env = {"MYSQL_HOST": self.host, "MYSQL_TCP_PORT": str(self.port)}
-        if self.password:
-            env["MYSQL_PWD"] = self.password
-        return env
-
-    def with_database(self, database: str) -> DatabaseUrl:
-        return DatabaseUrl(self.user, self.password, self.host, self.port, database)
-
-    def __str__(self) -> str:
-        auth = quote(self.user, safe="") + (f":{quote(self.password, safe='')}" if self.password else "")
-        return f"mysql://{auth}@{self.host}:{self.port}/{self.database}"
+def _connect(db: DbCredentials, timeout: int = 2) -> pymysql.connections.Connection:
+    return pymysql.connect(host=db.host, port=db.port, user=db.user, password=db.password,
+                           database=db.database or None, connect_timeout=timeout, autocommit=True)
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
-
-
-def _connect(url: DatabaseUrl, timeout: int = 2) -> pymysql.connections.Connection:
-    return pymysql.connect(host=url.host, port=url.port, user=url.user, password=url.password,
-                           database=url.database or None, connect_timeout=timeout, autocommit=True)
-
-
-def answers(url: DatabaseUrl) -> bool:
+def answers(db: DbCredentials) -> bool:
     try:
-        _connect(url.with_database(""), timeout=1).close()
+        _connect(db.with_database(""), timeout=1).close()
         return True
     except pymysql.MySQLError:
         return False
 
 
-def ensure_database(url: DatabaseUrl) -> None:
-    """Create the URL's database if it does not exist (utf8mb4)."""
-    if not url.database:
+def ensure_database(db: DbCredentials) -> None:
+    """Create ``db``'s database if it does not exist (utf8mb4)."""
+    if not db.database:
         raise DatabaseUnavailableError("the database URL names no database")
     try:
-        conn = _connect(url.with_database(""))
+        conn = _connect(db.with_database(""))
     except pymysql.MySQLError as exc:
-        raise DatabaseUnavailableError(f"cannot connect to MariaDB at {url.host}:{url.port}: {exc}") from None
+        raise DatabaseUnavailableError(f"cannot connect to MariaDB at {db.host}:{db.port}: {exc}") from None
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{url.database}` CHARACTER SET utf8mb4")
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS `{db.database.replace('`', '``')}` CHARACTER SET utf8mb4")
     except pymysql.MySQLError as exc:
         raise DatabaseUnavailableError(
-            f"cannot create database {url.database!r} on {url.host}:{url.port}: {exc}") from None
+            f"cannot create database {db.database!r} on {db.host}:{db.port}: {exc}") from None
     finally:
         conn.close()
 
@@ -153,8 +95,8 @@ class PrivateMariaDB:
                                                                      path="/usr/bin:/usr/local/bin")
         return (server, install) if server and install else None
 
-    def admin_url(self) -> DatabaseUrl:
-        return DatabaseUrl("root", "", LOOPBACK, self.port, "")
+    def admin_url(self) -> DbCredentials:
+        return DbCredentials(host=LOOPBACK, port=self.port, user="root", password="", database="")
 
     def _initialise(self, install_db: str) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +109,7 @@ class PrivateMariaDB:
             shutil.rmtree(self.datadir, ignore_errors=True)  # never leave a half-made data directory
             raise DatabaseUnavailableError(f"mariadb-install-db failed: {result.stderr.strip()[-500:]}")
 
-    def start(self, timeout_s: float = 60.0) -> DatabaseUrl:
+    def start(self, timeout_s: float = 60.0) -> DbCredentials:
         found = self.binaries()
         if found is None:
             raise DatabaseUnavailableError(INSTALL_HINT)
@@ -232,20 +174,24 @@ def find_database(database_name: str, private_dir: Path, *, database_url: str | 
     and those of the task modules ``tasks``."""
     explicit = database_url if database_url is not None else os.environ.get("DATABASE_URL", "")
     if explicit:
-        url = DatabaseUrl.parse(explicit)
+        try:
+            url = DbCredentials.from_url(explicit)
+        except DbConfigError as exc:
+            # `sluice local up`, the demo and the chaos runner report a LocalServiceError in one line.
+            raise DatabaseUnavailableError(str(exc)) from None
         if not url.database:
             url = url.with_database(database_name)
-        found = LocalDatabase(str(url), "DATABASE_URL")
+        found = LocalDatabase(url.url(), "DATABASE_URL")
     else:
-        machine = DatabaseUrl("root", "", LOOPBACK, MACHINE_PORT, database_name)
+        machine = DbCredentials(host=LOOPBACK, port=MACHINE_PORT, user="root", password="", database=database_name)
         if answers(machine):
-            found = LocalDatabase(str(machine), f"{LOOPBACK}:{MACHINE_PORT}")
+            found = LocalDatabase(machine.url(), f"{LOOPBACK}:{MACHINE_PORT}")
         else:
             private = PrivateMariaDB(private_dir)
             url = private.start().with_database(database_name)
-            found = LocalDatabase(str(url), "private mariadbd", private)
+            found = LocalDatabase(url.url(), "private mariadbd", private)
     try:
-        ensure_database(DatabaseUrl.parse(found.url))
+        ensure_database(DbCredentials.from_url(found.url))
         if run_migrations:
             migrate(found.url, tasks)
     except BaseException:

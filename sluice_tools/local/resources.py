@@ -15,8 +15,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from sluice.db import DbCredentials
 from sluice.settings import Settings
-from sluice_tools.local.mariadb import DatabaseUrl
 
 
 class ResourceError(RuntimeError):
@@ -70,7 +70,7 @@ def _arn(sqs_client: Any, url: str) -> str:
 
 def rds_secret(url: str) -> dict[str, Any]:
     """The JSON an RDS-managed secret holds (what Powertools' get_secret hands the worker)."""
-    db = DatabaseUrl.parse(url)
+    db = DbCredentials.from_url(url)
     return {"engine": "mariadb", "host": db.host, "port": db.port, "username": db.user,
             "password": db.password, "dbname": db.database}
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import boto3
 
+from sluice.db import DbCredentials
 from sluice.migrations import configured_sources
 from sluice.settings import PROJECT_ROOT, Settings
 from sluice_tools.functions import function_table
@@ -34,7 +35,7 @@ from sluice_tools.local.env import (
 from sluice_tools.local.fauxqs import FauxqsServer
 from sluice_tools.local.http_api import HttpApi, lambda_invoker
 from sluice_tools.local.lambda_service import FunctionDefinition, LambdaService, LambdaServiceError
-from sluice_tools.local.mariadb import DatabaseUrl, LocalDatabase, find_database
+from sluice_tools.local.mariadb import LocalDatabase, find_database
 from sluice_tools.local.moto_server import MotoServer
 from sluice_tools.local.processes import LocalServiceError, choose_port
 from sluice_tools.local.resources import QueueUrls, create_db_secret, create_queues, create_vendor_secret
@@ -188,6 +189,16 @@ class LocalStack:
         self.vendors.start()
         vendor_env = {**self.vendors.env(),
                       "SLUICE_VENDOR_SECRET_ID": create_vendor_secret(secrets_client, self.settings, vendor_token)}
+        # What points a process at this stack: the functions get it, and so does local.env.
+        endpoints = {
+            "AWS_ENDPOINT_URL": moto_url,
+            "AWS_ENDPOINT_URL_SQS": self.sqs_url,
+            "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+        }
         function_env = {
             **self.settings.runtime_env(queue_url=self.queues.url, dlq_url=self.queues.dlq_url,
                                         queue_arn=self.queues.arn, worker_function=self.function_name("worker"),
@@ -195,14 +206,8 @@ class LocalStack:
             # An RDS secret always has a password; the machine's root may not, so the URL (which wins
             # over the secret in the handlers) is passed too. The secret is still made and valid.
             "DATABASE_URL": self.database.url,
-            "AWS_ENDPOINT_URL": moto_url,
-            "AWS_ENDPOINT_URL_SQS": self.sqs_url,
-            "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
-            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_url,
-            "AWS_DEFAULT_REGION": self.region,
+            **endpoints,
             "AWS_REGION": self.region,
-            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
             **vendor_env,
             **self.extra_function_env,
         }
@@ -227,17 +232,11 @@ class LocalStack:
             region=self.region,
         )
         self.env = {
-            "AWS_ENDPOINT_URL": moto_url,
-            "AWS_ENDPOINT_URL_SQS": self.sqs_url,
-            "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
-            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_url,
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
+            **endpoints,
             "SLUICE_API_URL": api_url,
             **vendor_env,
             "DATABASE_URL": self.database.url,
-            **DatabaseUrl.parse(self.database.url).client_env(),
+            **DbCredentials.from_url(self.database.url).client_env(),
             "SLUICE_QUEUE_URL": self.queues.url,
             "SLUICE_DLQ_URL": self.queues.dlq_url,
             "SLUICE_LAMBDA_STATS_URL": f"{lambda_url}/sluice/stats",

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from sluice import aws
 from sluice_tools.cli import app
 from sluice_tools.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE
+from sluice_tools.local.env import ENDPOINT_ENV_KEYS, EXPORTED_ENV_KEYS, restore_environment
 
 pytestmark = pytest.mark.e2e
 
@@ -32,11 +33,7 @@ REACHING_COMMANDS = {
 }
 
 # Environment a command could otherwise find a stack or a database through.
-_STRAY_ENV = ("DATABASE_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_LAMBDA", "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-              "AWS_ENDPOINT_URL")
-
-
-_EXPORTED_BY_THE_CLI = ("AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+_STRAY_ENV = ("DATABASE_URL", *(key for key in ENDPOINT_ENV_KEYS if key.startswith("AWS_ENDPOINT_URL")))
 
 
 def closed_port() -> int:
@@ -51,19 +48,14 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunne
     """A CLI runner in an empty directory, pointed at a local.env that does not exist."""
     # The CLI exports a local.env's endpoints and credentials into this process (os.environ, not
     # through monkeypatch): put every one back afterwards so nothing leaks into other tests.
-    saved = {name: os.environ.get(name) for name in (*_STRAY_ENV, *_EXPORTED_BY_THE_CLI)}
+    saved = {name: os.environ.get(name) for name in (*_STRAY_ENV, *EXPORTED_ENV_KEYS)}
     for name in _STRAY_ENV:
         os.environ.pop(name, None)
     monkeypatch.setenv("SLUICE_LOCAL_ENV_FILE", str(tmp_path / ".sluice" / "local.env"))
     monkeypatch.chdir(tmp_path)
     aws.reset_clients()
     yield CliRunner()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    aws.reset_clients()
+    restore_environment(saved)
 
 
 def one_clear_line(output: str) -> str:

@@ -20,7 +20,7 @@ from sluice_tools.local.env import LocalStackNotRunningError, read_local_env, wr
 from sluice_tools.local.fauxqs import FauxqsServer
 from sluice_tools.local.http_api import MAX_BODY_BYTES, HttpApi, lambda_invoker
 from sluice_tools.local.lambda_service import FunctionDefinition, LambdaService
-from sluice_tools.local.mariadb import DatabaseUrl, PrivateMariaDB, answers, ensure_database
+from sluice_tools.local.mariadb import PrivateMariaDB, answers, ensure_database
 from sluice_tools.local.moto_server import MotoServer
 from sluice_tools.local.processes import LocalServiceError, is_listening
 from sluice_tools.local.resources import create_db_secret, create_queues
@@ -138,14 +138,6 @@ def test_private_mariadb_restarts_with_its_data(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert not server.alive()
-
-
-def test_database_url_round_trips_special_characters() -> None:
-    # GIVEN a URL whose password needs quoting WHEN parsed and printed THEN nothing is lost
-    url = DatabaseUrl.parse("mysql://u:p%40ss%2Fw@db.example:3310/app")
-    parsed = (url.user, url.password, url.host, url.port, url.database)
-    assert parsed == ("u", "p@ss/w", "db.example", 3310, "app")
-    assert DatabaseUrl.parse(str(url)) == url
 
 
 def test_local_env_round_trip_and_absence(tmp_path: Path) -> None:

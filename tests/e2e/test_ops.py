@@ -23,7 +23,7 @@ from sluice.aws import Queue
 from sluice.enqueue import Enqueuer
 from sluice.settings import load_settings
 from sluice_tools.cli import app
-from sluice_tools.local.env import ENDPOINT_ENV_KEYS
+from sluice_tools.local.env import EXPORTED_ENV_KEYS
 from sluice_tools.local.stack import LocalStack
 from sluice_tools.stage import LOCAL_ENV_FILE_VAR
 from tests.helpers import drop_machine_database, eventually
@@ -52,8 +52,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 @pytest.fixture
 def cli(stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> Callable[..., dict[str, Any]]:
     """Run `sluice <args> --stage local --json` against the stack; the environment is restored after."""
-    for key in ENDPOINT_ENV_KEYS:  # resolve_stage exports these; monkeypatch puts the old values back
-        monkeypatch.setenv(key, stack.env[key])
+    for key in EXPORTED_ENV_KEYS:  # resolve_stage exports these; monkeypatch puts the old values back
+        if key in stack.env:
+            monkeypatch.setenv(key, stack.env[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv(LOCAL_ENV_FILE_VAR, str(stack.local_dir / "local.env"))
 
     def run(*args: str, code: int = 0) -> dict[str, Any]:
