@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from sluice.aws import Queue
 from sluice.settings import PROJECT_ROOT, load_settings
 from sluice_tools.cli import app
+from sluice_tools.local.env import restore_environment, use_local_stack
 from sluice_tools.local.stack import LocalStack
+from sluice_tools.ops.dlq import list_dead_letters
 from tests.helpers import drop_machine_database, eventually, sql
 
 pytestmark = pytest.mark.e2e
@@ -97,11 +100,13 @@ def test_a_task_of_the_teams_own_runs_without_touching_sluice(tmp_path: Path) ->
                               30, "the reminder applied")
             assert rows == [("R-1", "ada", "stand-up at 10")]
             # AND the item its task refused is in the DLQ with the task's reason
-            from sluice.aws import Queue
-            from sluice_tools.ops.dlq import list_dead_letters
-
             assert stack.queues is not None
-            letters = eventually(lambda: list_dead_letters(Queue(stack.queues.dlq_url)), 30, "the dead letter")
+            dlq = Queue(stack.queues.dlq_url)
+            previous = use_local_stack(stack.env)
+            try:
+                letters = eventually(lambda: list_dead_letters(dlq).letters, 30, "the dead letter")
+            finally:
+                restore_environment(previous)
             assert [(d.key, d.reason) for d in letters] == [("R-2", "no such user")]
     finally:
         drop_machine_database(name)

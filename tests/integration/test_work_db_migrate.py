@@ -89,6 +89,7 @@ def test_the_migrate_function_migrates_with_the_worker_credentials(scratch_url: 
     second = worker.migrate.lambda_handler({}, context)
 
     # THEN it applies every migration once and reports what it did, without the password
-    assert first["applied"] == ["0001_ledger", "worker.tasks.invoices:0001_invoices"] == first["known"]
+    assert first["applied"] == ["0001_ledger", "worker.tasks.invoices:0001_invoices",
+                                "worker.tasks.notify:0001_notifications"] == first["known"]
     assert second["applied"] == []
     assert first["database"].endswith(scratch_url.rsplit("/", 1)[1])
