@@ -1,16 +1,19 @@
 """`make demo`: the whole flow on one machine, checked against the database and the queues.
 
 1. Start the local stack (unless one is running: then use it, and say so).
-2. POST a burst of invoices over real HTTP to the stack's API, in requests of a few hundred,
-   a few of them poison (an unknown customer, each in its own group) and some keys sent a
-   second time in separate requests.
+2. POST a burst over real HTTP to the stack's API, in requests of a few hundred: invoices
+   (into MariaDB; a few poison ones for an unknown customer, each in its own group) and
+   notifications (to the stand-in vendor API, which answers 429 above its rate; a few poison
+   ones for a recipient the vendor refuses), with some keys sent a second time in separate
+   requests.
 3. Show live progress while the scheduled consumer drains: queue depth, in flight, workers
    busy vs cap, applied, DLQ, drains.
-4. Summarise FROM THE DATABASE AND THE QUEUES, not from counters kept here: processed
-   (invoice and ledger rows of this run), dead-lettered (DLQ, with reasons), duplicates
-   (keys with more than one row: must be 0), lost (keys the API accepted that no row
-   holds and no dead letter explains: must be 0), peak workers vs cap, time and items/s
-   per stage. Exit 0 only if those invariants hold.
+4. Summarise FROM THE DATABASE, THE QUEUES AND THE VENDOR, not from counters kept here, through
+   the task modules' own queries: processed (invoice, delivery and ledger rows of this run),
+   effects at the vendor (one per delivered item; repeated idempotency keys absorbed), the
+   vendor's 429s, dead-lettered (DLQ, with reasons), duplicates (keys applied more than once:
+   must be 0), lost (keys the API accepted that no row holds and no dead letter explains: must
+   be 0), peak workers vs cap, time and items/s per stage. Exit 0 only if those invariants hold.
 
 Every key of a run starts with ``DEMO-<run id>-``, so a run on a stack that already holds
 other work counts only its own rows.
@@ -39,12 +42,14 @@ from rich.table import Table
 
 from sluice.aws import Queue
 from sluice.db import Database, DbError
+from sluice_tools.local.vendor_client import VendorAdminError, VendorClient
 from sluice_tools.ops.dlq import list_dead_letters
 from sluice_tools.ops.status import QueueCounts, lambda_stats, queue_counts
-from worker.tasks import invoices
+from worker.tasks import invoices, notify
 
 CUSTOMERS = ("acme", "globex", "initech", "umbrella", "hooli")
 CURRENCIES = ("EUR", "USD", "GBP", "CHF")
+DEMO_VENDOR = "a"  # config/local.yml's generous vendor: a burst still meets its rate (429s)
 EXIT_INVARIANT_BROKEN = 1
 EXIT_INTERRUPTED = 130
 
@@ -59,19 +64,44 @@ class DemoError(Exception):
 class Burst:
     run: str
     requests: list[list[dict[str, Any]]]
-    valid_keys: set[str]
+    valid_keys: set[str]  # invoices expected applied
     poison_keys: set[str]
     duplicate_keys: set[str]
     first_pass: int  # requests[:first_pass] hold each key once; the rest repeat keys
+    notify_keys: set[str] = field(default_factory=set)  # notifications expected delivered
+    notify_poison_keys: set[str] = field(default_factory=set)
+
+    @property
+    def all_poison(self) -> set[str]:
+        return self.poison_keys | self.notify_poison_keys
 
     @property
     def items_sent(self) -> int:
         return sum(len(r) for r in self.requests)
 
 
-def make_burst(items: int, poison: int, duplicates: int, request_size: int, seed: int | None = None) -> Burst:
-    """``items`` distinct invoices (``poison`` of them for unknown customers), then ``duplicates``
-    of their keys again in requests of their own."""
+def make_notifications(run: str, count: int, poison: int, rng: random.Random) -> tuple[list[dict[str, Any]], set[str],
+                                                                                     set[str]]:
+    """``count`` messages to the demo vendor, each recipient its own group (order per recipient),
+    ``poison`` of them to a recipient the vendor refuses."""
+    poison_at = set(rng.sample(range(count), min(poison, count)))
+    items: list[dict[str, Any]] = []
+    good: set[str] = set()
+    bad: set[str] = set()
+    for i in range(count):
+        key = f"DEMO-{run}-N{i:05d}"
+        to = f"not-a-number-{i}" if i in poison_at else f"+4915{i:09d}"
+        items.append({"task": "notify.send", "key": key, "group": to,
+                      "payload": {"vendor": DEMO_VENDOR, "to": to, "text": f"DEMO-{run} message {i}"}})
+        (bad if i in poison_at else good).add(key)
+    return items, good, bad
+
+
+def make_burst(items: int, poison: int, duplicates: int, request_size: int, seed: int | None = None,
+               notifications: int = 0, notify_poison: int = 0) -> Burst:
+    """``items`` distinct invoices (``poison`` of them for unknown customers) and ``notifications``
+    messages (``notify_poison`` refused by the vendor), mixed, then ``duplicates`` of their keys
+    again in requests of their own."""
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:8]
     poison = min(poison, items)
@@ -94,12 +124,17 @@ def make_burst(items: int, poison: int, duplicates: int, request_size: int, seed
                                      "currency": rng.choice(CURRENCIES),
                                      "description": f"demo invoice {i}"}})
         valid.add(key)
+    messages, delivered, refused = make_notifications(run, notifications, notify_poison, rng)
+    for message in messages:  # spread through the burst, as mixed traffic arrives
+        invoices.insert(rng.randrange(len(invoices) + 1), message)
     requests = [invoices[i:i + request_size] for i in range(0, len(invoices), request_size)]
     first_pass = len(requests)
-    again = rng.sample([x for x in invoices if x["key"] in valid], min(duplicates, len(valid)))
+    repeatable = [x for x in invoices if x["key"] in valid or x["key"] in delivered]
+    again = rng.sample(repeatable, min(duplicates, len(repeatable)))
     requests += [again[i:i + request_size] for i in range(0, len(again), request_size)]
     return Burst(run=run, requests=requests, valid_keys=valid, poison_keys=bad,
-                 duplicate_keys={x["key"] for x in again}, first_pass=first_pass)
+                 duplicate_keys={x["key"] for x in again}, first_pass=first_pass,
+                 notify_keys=delivered, notify_poison_keys=refused)
 
 
 def post_json(url: str, body: Any, timeout_s: float = 120) -> tuple[int, Any]:
@@ -154,16 +189,23 @@ class DemoDatabase:
         self.db = Database(url=url, program="sluice-demo")
 
     def applied(self, run: str) -> int:
+        """Items of the run applied so far: invoice rows and delivery rows."""
+        return self.invoice_rows(run) + self.delivery_rows(run)
+
+    def invoice_rows(self, run: str) -> int:
         return invoices.count(self.db, key_prefix=run_prefix(run))
 
+    def delivery_rows(self, run: str) -> int:
+        return notify.delivered(self.db, key_prefix=run_prefix(run))
+
     def applied_keys(self, run: str) -> set[str]:
-        return set(invoices.keys(self.db, run_prefix(run)))
+        return set(invoices.keys(self.db, run_prefix(run))) | set(notify.keys(self.db, run_prefix(run)))
 
     def ledger_rows(self, run: str) -> int:
         return self.db.count_processed(run_prefix(run))
 
     def duplicates(self, run: str) -> int:
-        return invoices.duplicates(self.db, run_prefix(run))
+        return invoices.duplicates(self.db, run_prefix(run)) + notify.duplicates(self.db, run_prefix(run))
 
 
 def run_prefix(run: str) -> str:
@@ -214,40 +256,86 @@ class Demo:
         return table
 
 
+@dataclass
+class VendorFacts:
+    """What the stand-in vendor saw of one run: its own counters, not the demo's."""
+
+    effects: int  # messages of this run the vendor applied
+    distinct_effect_keys: int
+    requests: int  # every call, all runs (the vendor counts per server, not per run)
+    replays: int  # calls with a key it had already applied: absorbed, no second effect
+    throttled: int  # 429s answered
+    peak_requests_per_s: int
+    rate_per_s: float
+
+
+def vendor_facts(vendor_url: str, run: str) -> VendorFacts | None:
+    """None when no vendor API answers (a stack without one)."""
+    if not vendor_url:
+        return None
+    client = VendorClient(vendor_url)
+    try:
+        state = client.get(DEMO_VENDOR)
+        ours = [m for m in client.messages(DEMO_VENDOR) if m.text.startswith(f"DEMO-{run} ")]
+    except VendorAdminError:
+        return None
+    c = state.counters
+    return VendorFacts(effects=len(ours), distinct_effect_keys=len({m.key for m in ours}), requests=c.requests,
+                       replays=c.replays, throttled=c.throttled, peak_requests_per_s=c.peak_requests_per_s,
+                       rate_per_s=state.settings.rate_per_s)
+
+
 def summarise(demo: Demo, burst: Burst, sent: EnqueueOutcome, drain_s: float, peak: int | None
               ) -> tuple[Table, bool, dict[str, Any]]:
     run = burst.run
     db = demo.db
     applied_keys = db.applied_keys(run)
-    invoice_rows = db.applied(run)
+    invoice_rows = db.invoice_rows(run)
+    delivery_rows = db.delivery_rows(run)
     ledger_rows = db.ledger_rows(run)
     # A key applied twice keeps one row (the UNIQUE key) but an apply_count above 1; a second row
     # should be impossible and is counted all the same.
     duplicates = db.duplicates(run)
-    listing = list_dead_letters(demo.dlq, limit=max(50, len(burst.poison_keys) + 50))
+    poison = burst.all_poison
+    listing = list_dead_letters(demo.dlq, limit=max(50, len(poison) + 50))
     ours = [x for x in listing.letters if x.key.startswith(run_prefix(run))]
     dead_keys = {x.key for x in ours}
     # Grouped by kind, with one example each: every poison reason names its own customer.
     reasons = Counter(x.error_type or x.reason for x in ours)
     example = {x.error_type or x.reason: x.reason for x in ours}
-    accepted_valid = sent.accepted & burst.valid_keys
+    accepted_valid = sent.accepted & (burst.valid_keys | burst.notify_keys)
     lost = accepted_valid - applied_keys
-    poison_missing = (sent.accepted & burst.poison_keys) - dead_keys
+    poison_missing = (sent.accepted & poison) - dead_keys
     queue_left = queue_counts(demo.queue).total
+    vendor = vendor_facts(demo.env.get("SLUICE_VENDOR_URL", ""), run)
+    expected_deliveries = len(sent.accepted & burst.notify_keys)
     checks = {
-        "duplicates is 0": duplicates == 0 and ledger_rows == invoice_rows,
+        "duplicates is 0": duplicates == 0 and ledger_rows == invoice_rows + delivery_rows,
         "lost is 0": not lost,
         "every poison item is in the DLQ": not poison_missing,
-        "no poison item applied": not (applied_keys & burst.poison_keys),
+        "no poison item applied": not (applied_keys & poison),
         "every item the API was sent was accepted": not sent.refused,
         "workers never above the cap": peak is None or peak <= demo.cap,
     }
-    title = f"sluice demo summary (run {run}): from the database and the queues"
+    if burst.notify_keys:
+        checks["one effect at the vendor per delivered item"] = (
+            vendor is not None and vendor.effects == vendor.distinct_effect_keys == delivery_rows
+            == expected_deliveries)
+    title = f"sluice demo summary (run {run}): from the database, the queues and the vendor"
     table = Table(title=title, show_header=False)
     table.add_row("items sent (incl. repeats)", f"{burst.items_sent:,} in {len(burst.requests)} requests")
     twice = len(burst.duplicate_keys)
     table.add_row("distinct keys accepted", f"{len(sent.accepted):,} ({twice:,} sent twice)")
-    table.add_row("processed (invoice rows / ledger rows)", f"{invoice_rows:,} / {ledger_rows:,}")
+    table.add_row("invoices (invoice rows)", f"{invoice_rows:,}")
+    table.add_row("notifications (delivery rows)", f"{delivery_rows:,}")
+    table.add_row("ledger rows", f"{ledger_rows:,}")
+    if vendor is not None:
+        table.add_row(f"vendor {DEMO_VENDOR}: effects of this run / distinct keys",
+                      f"{vendor.effects:,} / {vendor.distinct_effect_keys:,}")
+        table.add_row(f"vendor {DEMO_VENDOR}: repeated keys absorbed / 429s answered",
+                      f"{vendor.replays:,} / {vendor.throttled:,}")
+        table.add_row(f"vendor {DEMO_VENDOR}: peak calls/s / its rate",
+                      f"{vendor.peak_requests_per_s:,} / {vendor.rate_per_s:g}")
     table.add_row("dead-lettered (this run / DLQ depth)", f"{len(ours):,} / {listing.depth:,}")
     for kind, n in reasons.most_common(5):
         table.add_row(f"  {n} x {kind}", f"e.g. {example[kind]}")
@@ -256,15 +344,16 @@ def summarise(demo: Demo, burst: Burst, sent: EnqueueOutcome, drain_s: float, pe
     table.add_row("still in the work queue", f"{queue_left:,}")
     table.add_row("peak workers / cap", f"{'?' if peak is None else peak} / {demo.cap}")
     enqueue_rate = len(sent.accepted) / sent.seconds if sent.seconds else 0.0
-    drain_rate = (invoice_rows + len(ours)) / drain_s if drain_s else 0.0
+    drain_rate = (invoice_rows + delivery_rows + len(ours)) / drain_s if drain_s else 0.0
     table.add_row("enqueue", f"{sent.seconds:,.1f} s, {enqueue_rate:,.0f} items/s")
     table.add_row("drain (first POST to queue empty)", f"{drain_s:,.1f} s, {drain_rate:,.0f} items/s")
     ok = all(checks.values())
     for name, passed in checks.items():
         table.add_row(name, "[green]yes[/green]" if passed else "[red]NO[/red]")
-    facts = {"run": run, "processed": invoice_rows, "ledger_rows": ledger_rows, "dead_lettered": len(ours),
+    facts = {"run": run, "processed": invoice_rows + delivery_rows, "invoices": invoice_rows,
+             "notifications": delivery_rows, "ledger_rows": ledger_rows, "dead_lettered": len(ours),
              "dlq_depth": listing.depth, "reasons": dict(reasons), "duplicates": duplicates,
-             "lost": len(lost),
+             "lost": len(lost), "vendor": None if vendor is None else vendor.__dict__,
              "peak_workers": peak, "cap": demo.cap, "enqueue_s": sent.seconds, "drain_s": drain_s,
              "checks": checks, "ok": ok}
     return table, ok, facts
@@ -272,10 +361,11 @@ def summarise(demo: Demo, burst: Burst, sent: EnqueueOutcome, drain_s: float, pe
 
 def run_demo(env: dict[str, str], *, cap: int, worker_function: str, consumer_function: str, items: int,
              poison: int, duplicates: int, request_size: int, timeout_s: float, refresh_s: float = 0.5,
-             json_out: Path | None = None) -> bool:
+             json_out: Path | None = None, notifications: int = 0, notify_poison: int = 0) -> bool:
     demo = Demo(env, cap, worker_function, consumer_function)
-    burst = make_burst(items, poison, duplicates, request_size)
-    expected = len(burst.valid_keys)
+    burst = make_burst(items, poison, duplicates, request_size, notifications=notifications,
+                       notify_poison=notify_poison)
+    expected = len(burst.valid_keys) + len(burst.notify_keys)
     started = time.monotonic()
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -289,7 +379,7 @@ def run_demo(env: dict[str, str], *, cap: int, worker_function: str, consumer_fu
         while True:
             s = demo.snapshot(burst.run)
             live.update(demo.view(s, expected, "draining", time.monotonic() - started))
-            settled = s.queue.total == 0 and s.applied >= len(sent.accepted & burst.valid_keys)
+            settled = s.queue.total == 0 and s.applied >= len(sent.accepted & (burst.valid_keys | burst.notify_keys))
             if settled or time.monotonic() > deadline:
                 break
             time.sleep(refresh_s)
@@ -323,6 +413,10 @@ def main(
     items: int = typer.Option(10_000, "--items", min=1, help="Distinct invoices in the burst."),
     cap: int = typer.Option(None, "--cap", min=1, help="Worker cap, default from config/local.yml."),
     poison: int = typer.Option(5, "--poison", min=0, help="Invoices for unknown customers (-> DLQ)."),
+    notifications: int = typer.Option(200, "--notifications", min=0,
+                                      help="Messages to the stand-in vendor (notify.send), mixed into the burst."),
+    notify_poison: int = typer.Option(3, "--notify-poison", min=0,
+                                      help="Messages to a recipient the vendor refuses (-> DLQ)."),
     duplicates: int = typer.Option(None, "--duplicates", min=0, help="Keys sent twice, default 1% of items."),
     request_size: int = typer.Option(500, "--request-size", min=1, max=1000, help="Items per POST."),
     sqs: str = typer.Option(None, "--sqs", help="fauxqs | moto | URL, default local.sqs."),
@@ -371,7 +465,8 @@ def main(
         use_local_stack(env, default_region=settings.region)
         ok = run_demo(env, cap=cap_used, worker_function=worker, consumer_function=consumer, items=items,
                       poison=poison, duplicates=items // 100 if duplicates is None else duplicates,
-                      request_size=request_size, timeout_s=timeout_s, json_out=json_out)
+                      request_size=request_size, timeout_s=timeout_s, json_out=json_out,
+                      notifications=notifications, notify_poison=notify_poison)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopping what the demo started[/yellow]")
         raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -21,9 +21,11 @@ def test_demo_smoke_run_exits_0_with_invariants_from_the_database(tmp_path: Path
     name = f"sluice_demo_{uuid.uuid4().hex[:10]}"
     summary = tmp_path / "summary.json"
     try:
-        # WHEN the demo runs with 200 invoices, 3 of them poison and 4 keys sent twice
+        # WHEN the demo runs with 200 invoices (3 poison), 60 notifications (2 the vendor refuses)
+        # and 4 keys sent twice
         done = subprocess.run(
             [sys.executable, "-m", "sluice_tools.demo", "--items", "200", "--poison", "3", "--duplicates", "4",
+             "--notifications", "60", "--notify-poison", "2",
              "--request-size", "50", "--timeout", "120", "--database-url", f"mysql://root@127.0.0.1:3306/{name}",
              "--local-dir", str(tmp_path / "stack"), "--json-out", str(summary)],
             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240)
@@ -32,8 +34,10 @@ def test_demo_smoke_run_exits_0_with_invariants_from_the_database(tmp_path: Path
         # AND off a terminal the summary starts on a line of its own, not after the live frame
         assert any(line.strip().startswith("sluice demo summary") for line in done.stdout.splitlines())
         facts = json.loads(summary.read_text())
-        assert facts["processed"] == 197 and facts["ledger_rows"] == 197
-        assert facts["dead_lettered"] == 3 and facts["duplicates"] == 0 and facts["lost"] == 0
+        assert (facts["invoices"], facts["notifications"], facts["ledger_rows"]) == (197, 58, 255)
+        assert facts["dead_lettered"] == 5 and facts["duplicates"] == 0 and facts["lost"] == 0
+        # AND the vendor applied one effect per delivered message, whatever it was sent
+        assert facts["vendor"]["effects"] == facts["vendor"]["distinct_effect_keys"] == 58
         assert all(facts["checks"].values())
         assert facts["peak_workers"] is not None and 1 <= facts["peak_workers"] <= facts["cap"]
         # AND the database agrees: 197 invoices of this run, none twice, each applied once (a second

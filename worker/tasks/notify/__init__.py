@@ -190,6 +190,8 @@ class Reader(Protocol):
 
     def scalar(self, sql: str, args: Any = ...) -> Any: ...
 
+    def read(self, sql: str, args: Any = ...) -> list[tuple[Any, ...]]: ...
+
 
 def delivered(db: Reader, *, key_prefix: str = "", vendor: str | None = None) -> int:
     """Deliveries recorded for items whose key starts with ``key_prefix`` (of one vendor, if given)."""
@@ -209,3 +211,9 @@ def applications(db: Reader, item_key: str) -> int:
     """How many times the delivery of ``item_key`` was recorded (0 never, above 1 past the ledger)."""
     return int(db.scalar("SELECT COALESCE(SUM(apply_count), 0) FROM notifications WHERE item_key = %s",
                          (item_key,)))
+
+
+def keys(db: Reader, key_prefix: str) -> list[str]:
+    """Keys of the items whose delivery is recorded, in the order they were committed."""
+    rows = db.read("SELECT item_key FROM notifications WHERE item_key LIKE %s ORDER BY id", (starts_with(key_prefix),))
+    return [str(r[0]) for r in rows]
