@@ -125,8 +125,9 @@ def make_burst(items: int, poison: int, duplicates: int, request_size: int, seed
                                      "description": f"demo invoice {i}"}})
         valid.add(key)
     messages, delivered, refused = make_notifications(run, notifications, notify_poison, rng)
-    for message in messages:  # spread through the burst, as mixed traffic arrives
-        invoices.insert(rng.randrange(len(invoices) + 1), message)
+    # The notifications go first, as one burst: faster than the vendor's rate, so it answers 429s
+    # that the retries (hidden for its Retry-After) must recover.
+    invoices[:0] = messages
     requests = [invoices[i:i + request_size] for i in range(0, len(invoices), request_size)]
     first_pass = len(requests)
     repeatable = [x for x in invoices if x["key"] in valid or x["key"] in delivered]
@@ -300,9 +301,9 @@ def summarise(demo: Demo, burst: Burst, sent: EnqueueOutcome, drain_s: float, pe
     listing = list_dead_letters(demo.dlq, limit=max(50, len(poison) + 50))
     ours = [x for x in listing.letters if x.key.startswith(run_prefix(run))]
     dead_keys = {x.key for x in ours}
-    # Grouped by kind, with one example each: every poison reason names its own customer.
-    reasons = Counter(x.error_type or x.reason for x in ours)
-    example = {x.error_type or x.reason: x.reason for x in ours}
+    # Grouped by task and kind, with one example each: every poison reason names its own item.
+    reasons = Counter(f"{x.task} {x.error_type or 'error'}" for x in ours)
+    example = {f"{x.task} {x.error_type or 'error'}": x.reason for x in ours}
     accepted_valid = sent.accepted & (burst.valid_keys | burst.notify_keys)
     lost = accepted_valid - applied_keys
     poison_missing = (sent.accepted & poison) - dead_keys
