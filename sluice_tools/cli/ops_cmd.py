@@ -20,6 +20,7 @@ from rich.table import Table
 
 from sluice.aws import FunctionInvoker, ThrottledError
 from sluice.enqueue import Enqueuer, EnqueueRequestError
+from sluice.tasks import TaskModuleError, load_tasks
 from sluice_tools.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -144,6 +145,12 @@ def read_items(path: Path) -> list[Any]:
 
 def _enqueuer(ctx: StageContext) -> Enqueuer:
     s = ctx.settings
+    # The stage's own task modules, as its enqueuer function loads them (this process has no
+    # SLUICE_TASK_MODULES); a module that does not import is one line, exit 2.
+    try:
+        load_tasks(t.module for t in s.tasks)
+    except TaskModuleError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     return Enqueuer(ctx.queue(), groups=s.queue.groups, max_items=s.enqueuer.max_items,
                     max_body_bytes=_NO_BODY_LIMIT, max_tps=s.queue.max_tps)
 
