@@ -42,8 +42,9 @@ from typing import Any
 
 from sluice.aws import AwsError, OutgoingMessage, Queue, SentMessage
 from sluice.envelope import MAX_GROUP_LENGTH, MAX_KEY_LENGTH, Envelope, group_id
+from sluice.lanes import LaneRoute, route, routes_from_env, single_lane, why_unroutable
 from sluice.ratelimit import CallWindow
-from sluice.settings import RuntimeConfig
+from sluice.settings import DEFAULT_LANE, RuntimeConfig
 from sluice.tasks import PayloadError, UnknownTaskError, get_task, load_tasks
 
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -77,6 +78,7 @@ class PreparedItem:
     group_id: str
     body: str
     ordered: bool = False  # the client named the group: its items must reach SQS in request order
+    lane: str = DEFAULT_LANE
 
     @property
     def key(self) -> str:
@@ -144,9 +146,13 @@ def _item_problems(item: Any) -> tuple[list[str], str | None, Any]:
 
 
 def prepare_items(
-    request: Any, *, max_items: int, groups: int, trace_id: str | None = None
+    request: Any, *, max_items: int, groups: int = 16, trace_id: str | None = None,
+    lanes: Sequence[LaneRoute] | None = None,
 ) -> list[PreparedItem]:
-    """Validate a decoded request and build every message, or raise EnqueueRequestError."""
+    """Validate a decoded request, route every item to its lane and build its message, or raise
+    EnqueueRequestError (all-or-nothing across every lane). Without ``lanes``: one lane, ``groups``
+    shards."""
+    routes = list(lanes) if lanes else [single_lane("", groups)]
     if not isinstance(request, Mapping) or "items" not in request:
         raise EnqueueRequestError(400, 'request body must be a JSON object {"items": [...]}')
     extra = sorted(str(k) for k in request if k != "items")
@@ -175,10 +181,15 @@ def prepare_items(
                 problems.append(str(exc))
             except PayloadError as exc:
                 problems.append(f"payload does not match task {task_name!r}: {exc}")
+        lane = None
+        if not problems and task_name is not None:
+            lane = route(routes, task_name, payload)
+            if lane is None:
+                problems.append(why_unroutable(routes, task_name))
         if problems:
             errors.append({"index": index, "reason": "; ".join(problems)})
             continue
-        assert task_name is not None
+        assert task_name is not None and lane is not None
         envelope = Envelope.new(task_name, item.get("key"), payload, trace_id=trace_id)
         previous = seen.setdefault((task_name, envelope.key), index)
         if previous != index:
@@ -191,8 +202,8 @@ def prepare_items(
             errors.append({"index": index, "reason": f"message would be {size} bytes; SQS allows "
                                                      f"{MAX_MESSAGE_BYTES}"})
             continue
-        group = group_id(task_name, envelope.key, item.get("group"), groups)
-        prepared.append(PreparedItem(index, envelope, group, body, ordered=bool(item.get("group"))))
+        group = group_id(task_name, envelope.key, item.get("group"), lane.groups)
+        prepared.append(PreparedItem(index, envelope, group, body, ordered=bool(item.get("group")), lane=lane.name))
     if errors:
         raise EnqueueRequestError(
             400, f"{len(errors)} of {len(items)} items are invalid; nothing was enqueued", errors)
@@ -267,6 +278,7 @@ class EnqueueResult:
             else:
                 row["error"] = self.failed.get(item.index, "not sent")
             row["group"] = item.group_id
+            row["lane"] = item.lane
             rows.append(row)
         body: dict[str, Any] = {"accepted": len(self.sent), "items": rows}
         if self.failed:
@@ -277,9 +289,11 @@ class EnqueueResult:
 
 
 class Enqueuer:
+    """Validates requests and sends their items, each to its lane's queue (one queue without lanes)."""
+
     def __init__(
         self,
-        queue: Queue,
+        queue: Queue | None = None,
         *,
         groups: int = 16,
         max_items: int = 1000,
@@ -289,53 +303,73 @@ class Enqueuer:
         max_attempts: int = 4,
         backoff_s: float = 0.05,
         window: CallWindow | None = None,
+        lanes: Sequence[LaneRoute] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         # Register the deployment's tasks now, so the first request does not pay for it and a
         # task module that fails to import fails the container, not a request.
         load_tasks()
-        self.queue = queue
-        self.groups = groups
+        if lanes:
+            self.lanes = list(lanes)
+            self.queues = {lane.name: Queue(lane.queue_url) for lane in self.lanes}
+        elif queue is not None:
+            self.lanes = [single_lane(queue.url, groups, max_tps)]
+            self.queues = {self.lanes[0].name: queue}
+        else:
+            raise ValueError("an Enqueuer needs a queue or lanes")
         self.max_items = max_items
         self.max_body_bytes = max_body_bytes
         self.threads = max(1, threads)
         self.max_attempts = max(1, max_attempts)
         self.backoff_s = backoff_s
-        # Never more than max_tps calls in any one-second window, evenly spaced (no first-second burst).
-        self.window = window or CallWindow(max(1.0, float(max_tps)), 1.0, clock=clock, sleep=sleep)
+        # Per lane (each its own queue, each SQS's own per-queue limit): never more than its
+        # max_tps calls in any one-second window, evenly spaced (no first-second burst).
+        self.windows = {lane.name: window if window is not None and len(self.lanes) == 1
+                        else CallWindow(max(1.0, float(lane.max_tps)), 1.0, clock=clock, sleep=sleep)
+                        for lane in self.lanes}
         self._sleep = sleep
         self._lock = threading.Lock()
 
+    @property
+    def queue(self) -> Queue:
+        """The queue of a single-lane enqueuer."""
+        if len(self.queues) != 1:
+            raise ValueError("this enqueuer has several lanes; pick one from .queues")
+        return next(iter(self.queues.values()))
+
     @classmethod
     def from_config(cls, config: RuntimeConfig, queue: Queue | None = None) -> Enqueuer:
-        return cls(queue or Queue(config.queue_url), groups=config.groups, max_items=config.max_items,
-                   max_body_bytes=config.max_body_bytes, max_tps=config.max_tps)
+        lanes = routes_from_env(config.lanes) if config.lanes else None
+        return cls(None if lanes else (queue or Queue(config.queue_url)), groups=config.groups,
+                   max_items=config.max_items, max_body_bytes=config.max_body_bytes, max_tps=config.max_tps,
+                   lanes=lanes)
 
     def prepare(
         self, raw: bytes | str | Mapping[str, Any], trace_id: str | None = None
     ) -> list[PreparedItem]:
         request = decode_request(raw, self.max_body_bytes)
-        return prepare_items(request, max_items=self.max_items, groups=self.groups, trace_id=trace_id)
+        return prepare_items(request, max_items=self.max_items, trace_id=trace_id, lanes=self.lanes)
 
     def enqueue(self, raw: bytes | str | Mapping[str, Any], trace_id: str | None = None) -> EnqueueResult:
-        """Validate (raises EnqueueRequestError, nothing sent) and send every item."""
+        """Validate (raises EnqueueRequestError, nothing sent) and send every item to its lane."""
         items = self.prepare(raw, trace_id)
         result = EnqueueResult(items=items)
-        chains = chain_batches(plan_batches(items))
+        chains = [(lane.name, chain) for lane in self.lanes
+                  for chain in chain_batches(plan_batches([i for i in items if i.lane == lane.name]))]
         if len(chains) == 1:
-            self._send_chain(chains[0], result)
+            self._send_chain(*chains[0], result)
         else:
             with ThreadPoolExecutor(max_workers=min(self.threads, len(chains))) as pool:
-                for future in [pool.submit(self._send_chain, chain, result) for chain in chains]:
+                for future in [pool.submit(self._send_chain, lane, chain, result) for lane, chain in chains]:
                     future.result()
         return result
 
-    def _send_chain(self, chain: list[list[PreparedItem]], result: EnqueueResult) -> None:
+    def _send_chain(self, lane: str, chain: list[list[PreparedItem]], result: EnqueueResult) -> None:
         for batch in chain:
-            self._send(batch, result)
+            self._send(lane, batch, result)
 
-    def _send(self, batch: list[PreparedItem], result: EnqueueResult) -> None:
+    def _send(self, lane: str, batch: list[PreparedItem], result: EnqueueResult) -> None:
         """Send one batch; re-send only the entries SQS refused, with jittered exponential backoff."""
         by_id = {str(item.index): item for item in batch}
         pending = list(batch)
@@ -346,8 +380,8 @@ class Enqueuer:
             with self._lock:
                 result.batch_calls += 1
             try:
-                with self.window.call():
-                    sent, failed = self.queue.send_batch([item.outgoing() for item in pending])
+                with self.windows[lane].call():
+                    sent, failed = self.queues[lane].send_batch([item.outgoing() for item in pending])
             except AwsError as exc:
                 # botocore already retried the call itself; the whole batch is reported failed.
                 for item in pending:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -146,6 +146,85 @@ class LocalSettings(_Section):
 
 
 _MODULE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+LANE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
+DEFAULT_LANE = "default"  # the one lane of a config without `lanes`
+MatchValue = str | int | float | bool
+# AWS keeps this much of an account's concurrency unreserved; reserved concurrency cannot take it.
+UNRESERVED_MINIMUM = 100
+
+
+class LaneSettings(_Section):
+    """One entry of ``lanes:``: which items it carries and what it overrides."""
+
+    tasks: list[str] = Field(min_length=1)
+    # Exact values of payload fields, like an SNS filter policy on the body: "payload.vendor": "a",
+    # or a list of values any of which fits. Every key must fit.
+    match: dict[str, MatchValue | list[MatchValue]] = Field(default_factory=dict)
+    queue: dict[str, Any] = Field(default_factory=dict)
+    drain: dict[str, Any] = Field(default_factory=dict)
+    worker: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _match_paths(self) -> LaneSettings:
+        for path, value in self.match.items():
+            if not re.match(r"^payload(\.[A-Za-z_][A-Za-z0-9_]*)+$", path):
+                raise ValueError(f"match key {path!r} must name a payload field, e.g. payload.vendor")
+            if isinstance(value, list) and not value:
+                raise ValueError(f"match {path!r} lists no value")
+        if "name" in self.queue:
+            raise ValueError("a lane's queue name is <queue.name>-<lane>; it cannot be set")
+        return self
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One lane with its sections resolved: the base config with the lane's overrides."""
+
+    name: str
+    implicit: bool  # the one lane of a config without `lanes`: today's names, no suffix
+    tasks: tuple[str, ...] | None  # None: every task
+    match: tuple[tuple[str, tuple[MatchValue, ...]], ...]
+    queue: QueueSettings
+    drain: DrainSettings
+    worker: WorkerSettings
+
+    def function_key(self, role: str) -> str:
+        """serverless.yml's key of this lane's ``role`` function: ``worker``, ``worker-vendor-a``."""
+        return role if self.implicit else f"{role}-{self.name}"
+
+    def route(self) -> dict[str, Any]:
+        """What the enqueuer needs to route into this lane (queue URL added by the deployer)."""
+        return {"name": self.name, "tasks": list(self.tasks) if self.tasks is not None else None,
+                "match": {k: list(v) for k, v in self.match}, "groups": self.queue.groups,
+                "max_tps": self.queue.max_tps}
+
+    def takes(self, task: str, payload: Any) -> bool:
+        return lane_takes(self.tasks, dict(self.match), task, payload)
+
+
+def _shadows(earlier: Lane, later: Lane) -> bool:
+    """Does ``earlier`` take every item ``later`` could take?"""
+    if earlier.tasks is not None and (later.tasks is None or not set(later.tasks) <= set(earlier.tasks)):
+        return False
+    later_match = dict(later.match)
+    # Every condition of the earlier lane must hold for every item the later one takes.
+    return all(path in later_match and set(later_match[path]) <= set(allowed) for path, allowed in earlier.match)
+
+
+def lane_takes(tasks: Sequence[str] | None, match: Mapping[str, Sequence[Any]], task: str, payload: Any) -> bool:
+    """Does a lane with these ``tasks`` and ``match`` carry an item of ``task`` with ``payload``?"""
+    if tasks is not None and task not in tasks:
+        return False
+    for path, allowed in match.items():
+        value: Any = {"payload": payload}
+        for part in path.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                return False
+            value = value[part]
+        # bool is an int in Python: True must not match 1
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            return False
+    return True
 
 
 class TaskModuleSettings(_Section):
@@ -171,60 +250,72 @@ class Settings(_Section):
     alarms: AlarmSettings = AlarmSettings()
     local: LocalSettings = LocalSettings()
     tasks: list[TaskModuleSettings] = Field(default_factory=list)
+    lanes: dict[str, LaneSettings] = Field(default_factory=dict)
+    # The account's Lambda concurrency limit (AWS's default is 1,000): the lanes' caps and
+    # consumers are reserved out of it, and AWS keeps 100 of it unreserved.
+    account_concurrency: int = Field(1000, ge=100)
 
-    def problems(self) -> list[str]:
-        """Every unsafe combination, each as a sentence saying what to change (empty = safe)."""
-        q, d, w = self.queue, self.drain, self.worker
+    @model_validator(mode="after")
+    def _lane_names(self) -> Settings:
+        for name in self.lanes:
+            if not LANE_NAME.match(name):
+                raise ValueError(f"lane name {name!r} must be 1-16 lower-case letters, digits or '-', "
+                                 "starting with a letter")
+        return self
+
+    def resolved_lanes(self) -> list[Lane]:
+        """Every lane, in routing order, its sections merged with the lane's overrides (raises
+        ValueError naming the lane when an override is invalid)."""
+        if not self.lanes:
+            return [Lane(DEFAULT_LANE, True, None, (), self.queue, self.drain, self.worker)]
+        lanes: list[Lane] = []
+        for name, lane in self.lanes.items():
+            section = "queue"
+            try:
+                queue = QueueSettings.model_validate({**self.queue.model_dump(), **lane.queue,
+                                                      "name": f"{self.queue.name}-{name}"})
+                section = "drain"
+                drain = DrainSettings.model_validate({**self.drain.model_dump(), **lane.drain})
+                section = "worker"
+                worker = WorkerSettings.model_validate({**self.worker.model_dump(), **lane.worker})
+            except ValidationError as exc:
+                detail = "; ".join(f"{section}.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+                                   for e in exc.errors(include_url=False))
+                raise ValueError(f"lanes.{name}: {detail}") from None
+            match = tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in lane.match.items())
+            lanes.append(Lane(name, False, tuple(lane.tasks), match, queue, drain, worker))
+        return lanes
+
+    def lane(self, name: str | None) -> Lane:
+        """One lane by name; None means the only lane (an error when there are several)."""
+        lanes = self.resolved_lanes()
+        if name is None:
+            if len(lanes) == 1:
+                return lanes[0]
+            raise SettingsError(f"stage {self.stage!r} has {len(lanes)} lanes; pick one with --lane "
+                                f"({', '.join(x.name for x in lanes)})")
+        for lane in lanes:
+            if lane.name == name:
+                return lane
+        raise SettingsError(f"no lane {name!r} in config/{self.stage}.yml "
+                            f"(lanes: {', '.join(x.name for x in lanes)})")
+
+    def problems(self, known_tasks: Iterable[str] | None = None) -> list[str]:
+        """Every unsafe combination, each as a sentence saying what to change (empty = safe).
+
+        ``known_tasks`` (the names the configured task modules register) lets the lane checks
+        name a task no lane carries, or a lane naming a task that does not exist."""
+        try:
+            lanes = self.resolved_lanes()
+        except ValueError as exc:
+            return [str(exc)]
         found: list[str] = []
-        if q.visibility_s <= d.timeout_s:
-            found.append(
-                f"queue.visibility_s ({q.visibility_s}) must exceed drain.timeout_s ({d.timeout_s}): "
-                "otherwise a message the consumer still holds becomes visible again and is dispatched twice"
-            )
-        if w.timeout_s * 1000 + d.safety_margin_ms >= d.timeout_s * 1000:
-            found.append(
-                f"worker.timeout_s ({w.timeout_s}) plus drain.safety_margin_ms ({d.safety_margin_ms}) must stay "
-                f"below drain.timeout_s ({d.timeout_s}): a consumer waits for its workers synchronously"
-            )
-        # The latest a consumer dispatches a message it received at its start is when its budget
-        # is down to the safety margin; that worker may then run for its whole timeout.
-        held_ms = d.timeout_s * 1000 - d.safety_margin_ms + w.timeout_s * 1000
-        if q.visibility_s * 1000 <= held_ms:
-            found.append(
-                f"queue.visibility_s ({q.visibility_s}) must exceed drain.timeout_s ({d.timeout_s}) minus "
-                f"drain.safety_margin_ms ({d.safety_margin_ms}) plus worker.timeout_s ({w.timeout_s}), "
-                f"{held_ms / 1000:g} s: a message must stay hidden while its worker may still be applying it, "
-                "or a second worker could receive it and the rest of its group"
-            )
-        if w.timeout_s <= 3:
-            found.append(
-                f"worker.timeout_s ({w.timeout_s}) must be at least 4: a worker keeps max(2, timeout/4) + 1 s"
-                " in reserve to hand a batch back, so a shorter timeout hands every batch back unapplied"
-            )
-        if d.max_parallel > w.reserved_concurrency:
-            found.append(
-                f"drain.max_parallel ({d.max_parallel}) is above worker.reserved_concurrency "
-                f"({w.reserved_concurrency}): the cap could never be reached and invokes would be throttled"
-            )
-        elif d.max_parallel < w.reserved_concurrency:
-            found.append(
-                f"drain.max_parallel ({d.max_parallel}) is below worker.reserved_concurrency "
-                f"({w.reserved_concurrency}): set them equal. Reserved concurrency is what holds the cap "
-                "when a worker outlives the consumer that invoked it and the next drain fills its slots"
-            )
-        if d.consumers > d.max_parallel:
-            found.append(
-                f"drain.consumers ({d.consumers}) exceeds drain.max_parallel ({d.max_parallel}): "
-                "each consumer needs at least one worker slot"
-            )
-        if d.safety_margin_ms >= d.timeout_s * 1000:
-            found.append(f"drain.safety_margin_ms ({d.safety_margin_ms}) leaves no budget in drain.timeout_s")
-        if q.dlq_retention_days * 86400 <= q.retention_s:
-            found.append(
-                f"queue.dlq_retention_days ({q.dlq_retention_days}) must be longer than queue.retention_s "
-                f"({q.retention_s} s): a FIFO message keeps its first enqueue time, so a shorter DLQ "
-                "retention would expire dead letters on arrival"
-            )
+        for lane in lanes:
+            prefix = "" if lane.implicit else f"lanes.{lane.name}: "
+            found += [prefix + p for p in _lane_problems(lane.queue, lane.drain, lane.worker)]
+        found += self._routing_problems(lanes, None if known_tasks is None else set(known_tasks))
+        found += self._account_problems(lanes)
+        q = self.queue
         if self.api.auth == "jwt" and not (self.api.jwt_issuer and self.api.jwt_audience):
             found.append("api.auth is 'jwt' but api.jwt_issuer or api.jwt_audience is empty")
         db = self.database
@@ -242,6 +333,43 @@ class Settings(_Section):
             )
         found += self._task_problems()
         return found
+
+    def _routing_problems(self, lanes: list[Lane], known_tasks: set[str] | None) -> list[str]:
+        found: list[str] = []
+        for lane in lanes:
+            if len(lane.queue.dlq_fifo_name) > 80:
+                found.append(f"lanes.{lane.name}: queue name {lane.queue.dlq_fifo_name!r} is longer than SQS's "
+                             "80 characters; shorten queue.name or the lane's name")
+        for i, lane in enumerate(lanes):
+            for earlier in lanes[:i]:
+                if _shadows(earlier, lane):
+                    found.append(f"lanes.{lane.name} is unreachable: lanes.{earlier.name} comes first and takes "
+                                 "every item it would (its tasks include this lane's, its match is no narrower)")
+                    break
+        if known_tasks is not None and not lanes[0].implicit:
+            carried = {t for lane in lanes for t in lane.tasks or ()}
+            for lane in lanes:
+                unknown = sorted(set(lane.tasks or ()) - known_tasks)
+                if unknown:
+                    found.append(f"lanes.{lane.name} names task(s) no configured module registers: "
+                                 f"{', '.join(unknown)} (known: {', '.join(sorted(known_tasks))})")
+            orphans = sorted(known_tasks - carried)
+            if orphans:
+                found.append(f"no lane carries task(s) {', '.join(orphans)}: every item of them would be refused "
+                             "(add them to a lane's tasks)")
+        return found
+
+    def _account_problems(self, lanes: list[Lane]) -> list[str]:
+        """Reserved concurrency is carved out of the account's: every lane's cap (its worker) and
+        consumers, plus the migrate function, must leave AWS's unreserved 100."""
+        reserved = sum(lane.worker.reserved_concurrency + lane.drain.consumers for lane in lanes) + 1
+        room = self.account_concurrency - UNRESERVED_MINIMUM
+        if reserved > room:
+            parts = ", ".join(f"{x.name} {x.worker.reserved_concurrency}+{x.drain.consumers}" for x in lanes)
+            return [f"the lanes reserve {reserved} concurrent executions ({parts}, migrate 1) but "
+                    f"account_concurrency ({self.account_concurrency}) leaves {room} reservable "
+                    f"({UNRESERVED_MINIMUM} stay unreserved)"]
+        return []
 
     def _task_problems(self) -> list[str]:
         found: list[str] = []
@@ -267,11 +395,18 @@ class Settings(_Section):
         return f"{self.service}-{self.stage}-{function}"
 
     def runtime_env(
-        self, *, queue_url: str, dlq_url: str, worker_function: str, db_secret_id: str = "", queue_arn: str = ""
+        self, *, queue_url: str, dlq_url: str, worker_function: str, db_secret_id: str = "", queue_arn: str = "",
+        lane: Lane | None = None, routes: str = "",
     ) -> dict[str, str]:
-        """The environment every handler gets (serverless.yml sets the same names)."""
+        """The environment every handler of ``lane`` (default: the only one) gets; serverless.yml
+        sets the same names. ``routes`` is ``lanes_env``'s JSON: how the enqueuer routes items
+        into every lane's queue ("" with a single lane: everything goes to SLUICE_QUEUE_URL)."""
+        lane = lane or self.resolved_lanes()[0]
+        q, d, w = lane.queue, lane.drain, lane.worker
         return {
             "SLUICE_STAGE": self.stage,
+            "SLUICE_LANE": lane.name,
+            "SLUICE_LANES": routes,
             "SLUICE_QUEUE_URL": queue_url,
             "SLUICE_DLQ_URL": dlq_url,
             # The consumer puts it in the SQS records it hands workers (eventSourceARN); given here
@@ -280,17 +415,17 @@ class Settings(_Section):
             "SLUICE_WORKER_FUNCTION": worker_function,
             "SLUICE_DB_SECRET_ID": db_secret_id,
             "SLUICE_DB_NAME": self.database.name,
-            "SLUICE_QUEUE_GROUPS": str(self.queue.groups),
-            "SLUICE_QUEUE_MAX_TPS": str(self.queue.max_tps),
-            "SLUICE_QUEUE_VISIBILITY_S": str(self.queue.visibility_s),
-            "SLUICE_QUEUE_MAX_RECEIVE_COUNT": str(self.queue.max_receive_count),
-            "SLUICE_DRAIN_CONSUMERS": str(self.drain.consumers),
-            "SLUICE_DRAIN_MAX_PARALLEL": str(self.drain.max_parallel),
-            "SLUICE_DRAIN_MAX_RATE": str(self.drain.max_rate),
-            "SLUICE_DRAIN_SAFETY_MARGIN_MS": str(self.drain.safety_margin_ms),
-            "SLUICE_DRAIN_WAIT_S": str(self.drain.wait_s),
-            "SLUICE_WORKER_TIMEOUT_S": str(self.worker.timeout_s),
-            "SLUICE_WORKER_BATCH_SIZE": str(self.worker.batch_size),
+            "SLUICE_QUEUE_GROUPS": str(q.groups),
+            "SLUICE_QUEUE_MAX_TPS": str(q.max_tps),
+            "SLUICE_QUEUE_VISIBILITY_S": str(q.visibility_s),
+            "SLUICE_QUEUE_MAX_RECEIVE_COUNT": str(q.max_receive_count),
+            "SLUICE_DRAIN_CONSUMERS": str(d.consumers),
+            "SLUICE_DRAIN_MAX_PARALLEL": str(d.max_parallel),
+            "SLUICE_DRAIN_MAX_RATE": str(d.max_rate),
+            "SLUICE_DRAIN_SAFETY_MARGIN_MS": str(d.safety_margin_ms),
+            "SLUICE_DRAIN_WAIT_S": str(d.wait_s),
+            "SLUICE_WORKER_TIMEOUT_S": str(w.timeout_s),
+            "SLUICE_WORKER_BATCH_SIZE": str(w.batch_size),
             "SLUICE_ENQUEUER_MAX_ITEMS": str(self.enqueuer.max_items),
             "SLUICE_ENQUEUER_MAX_BODY_BYTES": str(self.enqueuer.max_body_bytes),
             **self.task_env(),
@@ -298,6 +433,15 @@ class Settings(_Section):
             "POWERTOOLS_METRICS_NAMESPACE": "Sluice",
         }
 
+
+    def lanes_env(self, queue_urls: Mapping[str, str]) -> str:
+        """SLUICE_LANES: every lane's route and queue URL, in routing order; "" for a config
+        without lanes (the enqueuer then sends everything to SLUICE_QUEUE_URL)."""
+        lanes = self.resolved_lanes()
+        if lanes[0].implicit:
+            return ""
+        return json.dumps([{**lane.route(), "queue_url": queue_urls[lane.name]} for lane in lanes],
+                          separators=(",", ":"))
 
     def task_env(self) -> dict[str, str]:
         """The task modules, their migration folders and their settings, as handlers read them
@@ -308,6 +452,61 @@ class Settings(_Section):
             "SLUICE_TASK_SETTINGS": json.dumps({t.module: t.settings for t in self.tasks if t.settings},
                                                sort_keys=True, separators=(",", ":")),
         }
+
+
+def _lane_problems(q: QueueSettings, d: DrainSettings, w: WorkerSettings) -> list[str]:
+    """The checks that hold per lane: its queue, its consumer and its worker together."""
+    found: list[str] = []
+    if q.visibility_s <= d.timeout_s:
+        found.append(
+            f"queue.visibility_s ({q.visibility_s}) must exceed drain.timeout_s ({d.timeout_s}): "
+            "otherwise a message the consumer still holds becomes visible again and is dispatched twice"
+        )
+    if w.timeout_s * 1000 + d.safety_margin_ms >= d.timeout_s * 1000:
+        found.append(
+            f"worker.timeout_s ({w.timeout_s}) plus drain.safety_margin_ms ({d.safety_margin_ms}) must stay "
+            f"below drain.timeout_s ({d.timeout_s}): a consumer waits for its workers synchronously"
+        )
+    # The latest a consumer dispatches a message it received at its start is when its budget
+    # is down to the safety margin; that worker may then run for its whole timeout.
+    held_ms = d.timeout_s * 1000 - d.safety_margin_ms + w.timeout_s * 1000
+    if q.visibility_s * 1000 <= held_ms:
+        found.append(
+            f"queue.visibility_s ({q.visibility_s}) must exceed drain.timeout_s ({d.timeout_s}) minus "
+            f"drain.safety_margin_ms ({d.safety_margin_ms}) plus worker.timeout_s ({w.timeout_s}), "
+            f"{held_ms / 1000:g} s: a message must stay hidden while its worker may still be applying it, "
+            "or a second worker could receive it and the rest of its group"
+        )
+    if w.timeout_s <= 3:
+        found.append(
+            f"worker.timeout_s ({w.timeout_s}) must be at least 4: a worker keeps max(2, timeout/4) + 1 s"
+            " in reserve to hand a batch back, so a shorter timeout hands every batch back unapplied"
+        )
+    if d.max_parallel > w.reserved_concurrency:
+        found.append(
+            f"drain.max_parallel ({d.max_parallel}) is above worker.reserved_concurrency "
+            f"({w.reserved_concurrency}): the cap could never be reached and invokes would be throttled"
+        )
+    elif d.max_parallel < w.reserved_concurrency:
+        found.append(
+            f"drain.max_parallel ({d.max_parallel}) is below worker.reserved_concurrency "
+            f"({w.reserved_concurrency}): set them equal. Reserved concurrency is what holds the cap "
+            "when a worker outlives the consumer that invoked it and the next drain fills its slots"
+        )
+    if d.consumers > d.max_parallel:
+        found.append(
+            f"drain.consumers ({d.consumers}) exceeds drain.max_parallel ({d.max_parallel}): "
+            "each consumer needs at least one worker slot"
+        )
+    if d.safety_margin_ms >= d.timeout_s * 1000:
+        found.append(f"drain.safety_margin_ms ({d.safety_margin_ms}) leaves no budget in drain.timeout_s")
+    if q.dlq_retention_days * 86400 <= q.retention_s:
+        found.append(
+            f"queue.dlq_retention_days ({q.dlq_retention_days}) must be longer than queue.retention_s "
+            f"({q.retention_s} s): a FIFO message keeps its first enqueue time, so a shorter DLQ "
+            "retention would expire dead letters on arrival"
+        )
+    return found
 
 
 # Variables a handler reads; DATABASE_URL is optional and wins over the secret when set.
@@ -351,6 +550,8 @@ class RuntimeConfig:
     """What a handler needs, read once from its environment."""
 
     stage: str
+    lane: str
+    lanes: str  # SLUICE_LANES: every lane's route, for the enqueuer ("" = one lane, SLUICE_QUEUE_URL)
     queue_url: str
     dlq_url: str
     queue_arn: str
@@ -399,6 +600,8 @@ class RuntimeConfig:
 
         config = cls(
             stage=text("SLUICE_STAGE", "dev"),
+            lane=text("SLUICE_LANE", DEFAULT_LANE),
+            lanes=text("SLUICE_LANES", ""),
             queue_url=text("SLUICE_QUEUE_URL", ""),
             dlq_url=text("SLUICE_DLQ_URL", ""),
             queue_arn=text("SLUICE_QUEUE_ARN", ""),

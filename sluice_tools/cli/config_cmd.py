@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from sluice.settings import load_settings
+from sluice.tasks import TaskModuleError, load_tasks
 from sluice_tools.cli.common import EXIT_FAILED, JsonOption, StageOption, command, console, emit_json, err_console
 
 config_app = typer.Typer(no_args_is_help=True, help="Settings in config/<stage>.yml.")
@@ -15,7 +16,15 @@ config_app = typer.Typer(no_args_is_help=True, help="Settings in config/<stage>.
 def check(stage: str = StageOption, as_json: bool = JsonOption) -> None:
     """Validate config/<stage>.yml: types, ranges and unsafe combinations."""
     settings = load_settings(stage)
-    problems = settings.problems()
+    try:
+        # The task names the stage's modules register: lanes must carry each, and name no other.
+        known: set[str] | None = set(load_tasks(t.module for t in settings.tasks)) if settings.tasks else None
+    except TaskModuleError as exc:
+        known = None
+        problems = [str(exc)]
+    else:
+        problems = []
+    problems += settings.problems(known)
     if as_json:
         emit_json({"stage": stage, "ok": not problems, "problems": problems})
     elif problems:

@@ -72,7 +72,8 @@ def test_25_items_take_exactly_3_batch_calls_and_return_ids_in_order(fifo_queues
     assert [row["key"] for row in body["items"]] == [f"INV-{i:05d}" for i in range(25)]
     assert all(row["message_id"] and row["sequence_number"] and row["group"].startswith("invoice.record:")
                for row in body["items"])
-    assert set(body["items"][0]) == {"key", "message_id", "sequence_number", "group"}
+    assert set(body["items"][0]) == {"key", "message_id", "sequence_number", "group", "lane"}
+    assert {row["lane"] for row in body["items"]} == {"default"}
     assert depth(fifo_queues) == 25
 
 
