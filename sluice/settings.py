@@ -60,6 +60,9 @@ class DrainSettings(_Section):
     timeout_s: int = Field(60, ge=3, le=900)
     memory_mb: int = Field(256, ge=128, le=10240)
     max_parallel: int = Field(4, ge=1, le=1000)
+    # The adaptive limit moves within [min_parallel, max_parallel]; adaptive: false pins the cap.
+    min_parallel: int = Field(1, ge=1, le=1000)
+    adaptive: bool = True
     max_rate: float = Field(200, gt=0)
     safety_margin_ms: int = Field(5000, ge=0)
     wait_s: int = Field(1, ge=0, le=20)
@@ -421,6 +424,8 @@ class Settings(_Section):
             "SLUICE_QUEUE_MAX_RECEIVE_COUNT": str(q.max_receive_count),
             "SLUICE_DRAIN_CONSUMERS": str(d.consumers),
             "SLUICE_DRAIN_MAX_PARALLEL": str(d.max_parallel),
+            "SLUICE_DRAIN_MIN_PARALLEL": str(d.min_parallel),
+            "SLUICE_DRAIN_ADAPTIVE": "true" if d.adaptive else "false",
             "SLUICE_DRAIN_MAX_RATE": str(d.max_rate),
             "SLUICE_DRAIN_SAFETY_MARGIN_MS": str(d.safety_margin_ms),
             "SLUICE_DRAIN_WAIT_S": str(d.wait_s),
@@ -492,6 +497,11 @@ def _lane_problems(q: QueueSettings, d: DrainSettings, w: WorkerSettings) -> lis
             f"drain.max_parallel ({d.max_parallel}) is below worker.reserved_concurrency "
             f"({w.reserved_concurrency}): set them equal. Reserved concurrency is what holds the cap "
             "when a worker outlives the consumer that invoked it and the next drain fills its slots"
+        )
+    if d.min_parallel > d.max_parallel:
+        found.append(
+            f"drain.min_parallel ({d.min_parallel}) exceeds drain.max_parallel ({d.max_parallel}): "
+            "the adaptive limit moves between them, so the floor must not be above the cap"
         )
     if d.consumers > d.max_parallel:
         found.append(
@@ -565,6 +575,8 @@ class RuntimeConfig:
     max_receive_count: int
     consumers: int
     max_parallel: int
+    min_parallel: int
+    adaptive: bool
     max_rate: float
     safety_margin_ms: int
     wait_s: int
@@ -577,6 +589,11 @@ class RuntimeConfig:
     def slots_per_consumer(self) -> int:
         """Each consumer owns an equal share of the cap, so all of them together never exceed it."""
         return max(1, self.max_parallel // self.consumers)
+
+    @property
+    def min_slots_per_consumer(self) -> int:
+        """Each consumer's share of the floor; at least one, and never above its share of the cap."""
+        return min(self.slots_per_consumer, max(1, self.min_parallel // self.consumers))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
@@ -598,6 +615,12 @@ class RuntimeConfig:
                 raise SettingsError(f"environment variable {name}={raw!r} must not be negative")
             return value
 
+        def flag(name: str, default: str) -> bool:
+            raw = text(name, default)
+            if raw.strip().lower() not in ("true", "false"):
+                raise SettingsError(f"environment variable {name}={raw!r} must be 'true' or 'false'")
+            return raw.strip().lower() == "true"
+
         config = cls(
             stage=text("SLUICE_STAGE", "dev"),
             lane=text("SLUICE_LANE", DEFAULT_LANE),
@@ -615,6 +638,8 @@ class RuntimeConfig:
             max_receive_count=number("SLUICE_QUEUE_MAX_RECEIVE_COUNT", int, "5"),
             consumers=number("SLUICE_DRAIN_CONSUMERS", int, "1"),
             max_parallel=number("SLUICE_DRAIN_MAX_PARALLEL", int, "4"),
+            min_parallel=number("SLUICE_DRAIN_MIN_PARALLEL", int, "1"),
+            adaptive=flag("SLUICE_DRAIN_ADAPTIVE", "true"),
             max_rate=number("SLUICE_DRAIN_MAX_RATE", float, "200"),
             safety_margin_ms=number("SLUICE_DRAIN_SAFETY_MARGIN_MS", int, "5000"),
             wait_s=number("SLUICE_DRAIN_WAIT_S", int, "1"),
@@ -627,5 +652,10 @@ class RuntimeConfig:
             raise SettingsError(
                 "SLUICE_QUEUE_GROUPS, SLUICE_DRAIN_MAX_PARALLEL and SLUICE_DRAIN_CONSUMERS must be >= 1 "
                 "and SLUICE_WORKER_BATCH_SIZE within 1..10"
+            )
+        if not 1 <= config.min_parallel <= config.max_parallel:
+            raise SettingsError(
+                f"SLUICE_DRAIN_MIN_PARALLEL ({config.min_parallel}) must be within 1..SLUICE_DRAIN_MAX_PARALLEL "
+                f"({config.max_parallel})"
             )
         return config

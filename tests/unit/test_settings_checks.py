@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from sluice.settings import RuntimeConfig, Settings, SettingsError, load_settings
+from sluice.settings import PROJECT_ROOT, RuntimeConfig, Settings, SettingsError, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -49,6 +51,7 @@ def test_baseline_is_safe() -> None:
         ({"database": {"url": "", "secret": "s", "managed": True, "backup_retention_days": 0}},
          "would keep no automated backups"),
         ({"drain": {"consumers": 5}}, "each consumer needs at least one worker slot"),
+        ({"drain": {"min_parallel": 5}}, "drain.min_parallel (5) exceeds drain.max_parallel (4)"),
         ({"drain": {"safety_margin_ms": 60000}}, "leaves no budget"),
         ({"queue": {"dlq_retention_days": 4}}, "dlq_retention_days (4) must be longer"),
         ({"api": {"auth": "jwt"}}, "jwt_issuer or api.jwt_audience is empty"),
@@ -76,6 +79,35 @@ def test_runtime_config_round_trips_through_the_environment() -> None:
     assert (config.max_parallel, config.batch_size, config.max_rate) == (
         settings.drain.max_parallel, settings.worker.batch_size, settings.drain.max_rate)
     assert config.slots_per_consumer == settings.drain.max_parallel // settings.drain.consumers
+    assert (config.min_parallel, config.adaptive) == (settings.drain.min_parallel, settings.drain.adaptive)
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_the_adaptive_limit_settings_reach_the_handlers(adaptive: bool) -> None:
+    # GIVEN a floor and the adaptive switch in the config / WHEN read back by a handler
+    settings = safe(drain={"min_parallel": 2, "adaptive": adaptive})
+    config = RuntimeConfig.from_env(settings.runtime_env(queue_url="u", dlq_url="d", worker_function="w"))
+    # THEN the handler sees the same floor and switch
+    assert (config.min_parallel, config.adaptive) == (2, adaptive)
+    assert config.min_slots_per_consumer == 2
+
+
+def test_the_floor_is_shared_by_the_consumers_like_the_cap() -> None:
+    # GIVEN a floor of 4 and a cap of 8 over two consumers / THEN each has [2, 4]; a floor below
+    # the number of consumers still leaves each consumer one worker
+    env = {"SLUICE_DRAIN_MAX_PARALLEL": "8", "SLUICE_DRAIN_CONSUMERS": "2"}
+    config = RuntimeConfig.from_env({**env, "SLUICE_DRAIN_MIN_PARALLEL": "4"})
+    assert (config.min_slots_per_consumer, config.slots_per_consumer) == (2, 4)
+    assert RuntimeConfig.from_env({**env, "SLUICE_DRAIN_MIN_PARALLEL": "1"}).min_slots_per_consumer == 1
+
+
+def test_min_parallel_below_one_is_rejected_when_loading(tmp_path: Path) -> None:
+    # GIVEN a config whose floor is 0 / WHEN loaded / THEN a SettingsError names the key
+    raw = yaml.safe_load((PROJECT_ROOT / "config" / "dev.yml").read_text())
+    raw["drain"]["min_parallel"] = 0
+    (tmp_path / "dev.yml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SettingsError, match="drain.min_parallel"):
+        load_settings("dev", tmp_path)
 
 
 def test_runtime_config_rejects_bad_numbers() -> None:
@@ -118,3 +150,9 @@ def test_task_modules_reach_the_handlers_environment() -> None:
 def test_a_module_name_that_is_not_one_is_refused() -> None:
     with pytest.raises(ValueError, match="module"):
         safe(tasks=[{"module": "worker/tasks/invoices.py"}])
+    with pytest.raises(SettingsError, match="SLUICE_DRAIN_ADAPTIVE='maybe' must be 'true' or 'false'"):
+        RuntimeConfig.from_env({"SLUICE_DRAIN_ADAPTIVE": "maybe"})
+    with pytest.raises(SettingsError, match="SLUICE_DRAIN_MIN_PARALLEL"):
+        RuntimeConfig.from_env({"SLUICE_DRAIN_MIN_PARALLEL": "5", "SLUICE_DRAIN_MAX_PARALLEL": "4"})
+    with pytest.raises(SettingsError, match="SLUICE_DRAIN_MIN_PARALLEL"):
+        RuntimeConfig.from_env({"SLUICE_DRAIN_MIN_PARALLEL": "0"})
