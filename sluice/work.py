@@ -32,13 +32,13 @@ from aws_lambda_powertools.utilities.data_classes import SQSEvent
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from sluice.aws import AwsError, OutgoingMessage, Queue
+from sluice.backoff import VisibilityBackoff
+from sluice.contract import DEAD_LETTERED, DONE, DUPLICATE, RETRY, Outcome, WorkerPayload, WorkerResponse, WorkerResult
 from sluice.db import Database, DbError, DbUnavailableError, TransientDbError
 from sluice.envelope import Envelope, EnvelopeError
 from sluice.observability import MetricUnit, count, logger, metrics
 from sluice.tasks import PayloadError, PermanentTaskError, UnknownTaskError, get_task
 
-DONE, DUPLICATE, DEAD_LETTERED, RETRY = "done", "duplicate", "dead_lettered", "retry"
-_METRIC_OF = {DONE: "done", DUPLICATE: "duplicate", DEAD_LETTERED: "dead_lettered", RETRY: "retried"}
 _MESSAGE_KEYS = ["message_id", "group", "task", "key"]
 MAX_REASON_CHARS = 1000
 MAX_MESSAGE_ATTRIBUTES = 10  # SQS's limit per message
@@ -56,18 +56,6 @@ class WorkItem:
     receive_count: int
     enqueued_at: str
     trace_id: str
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Visibility delay after a transient failure: base * 2^(receive_count - 1), at most cap."""
-
-    base_s: int = 5
-    cap_s: int = 300
-
-    def seconds(self, receive_count: int) -> int:
-        exponent = min(max(receive_count, 1) - 1, 20)  # bounded so huge counts cannot overflow
-        return int(max(0, min(self.cap_s, self.base_s * 2**exponent, 43200)))  # 43200: SQS's maximum
 
 
 @dataclass
@@ -127,13 +115,13 @@ def work(
     max_receive_count: int,
     remaining_ms: Callable[[], float],
     reserve_ms: float = 2000,
-    backoff: Backoff | None = None,
-) -> dict[str, Any]:
+    backoff: VisibilityBackoff | None = None,
+) -> WorkerPayload:
     """Apply one SQS-event-shaped batch; returns batchItemFailures and a result per message."""
     started = time.monotonic()
-    backoff = backoff or Backoff()
+    backoff = backoff or VisibilityBackoff()
     records = list(SQSEvent(dict(event)).records)
-    results: list[dict[str, Any]] = []
+    results: list[WorkerResult] = []
     batch = _BatchState()
     halted: dict[str, int] = {}  # group -> visibility seconds its remaining messages get
     deletions = _Deletions(queue)
@@ -147,16 +135,13 @@ def work(
 
     elapsed_ms = (time.monotonic() - started) * 1000
     metrics.add_metric(name="worker_ms", unit=MetricUnit.Milliseconds, value=elapsed_ms)
-    return {
-        "batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in results if r["outcome"] == RETRY],
-        "results": results,
-    }
+    return WorkerResponse.of(results).to_payload()
 
 
-def _work_records(records: list[SQSRecord], results: list[dict[str, Any]], batch: _BatchState,
+def _work_records(records: list[SQSRecord], results: list[WorkerResult], batch: _BatchState,
                   halted: dict[str, int], deletions: _Deletions, *, db: Database, queue: Queue, dlq: Queue,
                   max_receive_count: int, remaining_ms: Callable[[], float], reserve_ms: float,
-                  backoff: Backoff) -> None:
+                  backoff: VisibilityBackoff) -> None:
     for index, record in enumerate(records):
         if remaining_ms() < reserve_ms:
             deletions.flush()  # finished messages first, while there is still time for it
@@ -187,13 +172,12 @@ def _work_records(records: list[SQSRecord], results: list[dict[str, Any]], batch
                     halted[group] = delay
         finally:
             logger.remove_keys(_MESSAGE_KEYS)
-        count(_METRIC_OF[outcome])
-        results.append({"messageId": record.message_id, "outcome": outcome,
-                        "ms": round((time.monotonic() - t0) * 1000, 1)})
+        count(outcome.metric)
+        results.append(WorkerResult(record.message_id, outcome, round((time.monotonic() - t0) * 1000, 1)))
 
 
 def _handle(record: SQSRecord, batch: _BatchState, deletions: _Deletions, *, db: Database, queue: Queue,
-            dlq: Queue, max_receive_count: int, backoff: Backoff) -> tuple[str, int]:
+            dlq: Queue, max_receive_count: int, backoff: VisibilityBackoff) -> tuple[Outcome, int]:
     """One message end to end. Returns (outcome, visibility delay when the outcome is retry)."""
     receive_count = int(record.attributes.approximate_receive_count or 1)
     source_dedup = record.attributes.message_deduplication_id or ""
@@ -223,7 +207,7 @@ def _handle(record: SQSRecord, batch: _BatchState, deletions: _Deletions, *, db:
     return outcome, 0
 
 
-def _apply(record: SQSRecord, batch: _BatchState, db: Database, receive_count: int) -> str:
+def _apply(record: SQSRecord, batch: _BatchState, db: Database, receive_count: int) -> Outcome:
     """Validate, then the one transaction. Raises _PermanentError, TransientDbError or anything unexpected."""
     try:
         envelope = Envelope.from_body(record.body)
@@ -265,7 +249,8 @@ def _apply(record: SQSRecord, batch: _BatchState, db: Database, receive_count: i
 
 
 def _dead_letter(record: SQSRecord, dlq: Queue, queue: Queue, deletions: _Deletions, error_type: str,
-                 reason: str, receive_count: int, source_dedup: str, backoff: Backoff) -> tuple[str, int]:
+                 reason: str, receive_count: int, source_dedup: str,
+                 backoff: VisibilityBackoff) -> tuple[Outcome, int]:
     group = record.attributes.message_group_id or "sluice-dead-letters"
     attributes = {
         "sluice_error": reason[:MAX_REASON_CHARS],
@@ -305,7 +290,7 @@ def _push_out(queue: Queue, record: SQSRecord, seconds: int, deletions: _Deletio
         logger.exception("could not change the message's visibility")
 
 
-def _release(queue: Queue, records: list[SQSRecord]) -> list[dict[str, Any]]:
+def _release(queue: Queue, records: list[SQSRecord]) -> list[WorkerResult]:
     """Out of time: hand the rest back at once (visibility 0) instead of running past the timeout."""
     logger.warning("time is short: releasing the rest of the batch", extra={"released": len(records)})
     try:
@@ -313,5 +298,5 @@ def _release(queue: Queue, records: list[SQSRecord]) -> list[dict[str, Any]]:
     except AwsError:
         logger.exception("could not release messages; they reappear after the visibility timeout")
     for _ in records:
-        count(_METRIC_OF[RETRY])
-    return [{"messageId": r.message_id, "outcome": RETRY, "ms": 0.0} for r in records]
+        count(RETRY.metric)
+    return [WorkerResult(r.message_id, RETRY) for r in records]

@@ -14,17 +14,18 @@ from typing import Any
 import pytest
 
 from sluice.aws import OutgoingMessage, Queue
+from sluice.backoff import VisibilityBackoff
 from sluice.db import Database, DbUnavailableError
 from sluice.envelope import Envelope
 from sluice.tasks import get_task
-from sluice.work import Backoff, WorkItem, work
+from sluice.work import WorkItem, work
 from tests.conftest import FifoQueues, free_port
 from tests.helpers import depth, sql
 
 pytestmark = pytest.mark.integration
 
 MAX_RECEIVES = 3
-LONG_BACKOFF = Backoff(base_s=120, cap_s=600)  # long enough that a pushed-out message stays hidden in a test
+LONG_BACKOFF = VisibilityBackoff(base_s=120, cap_s=600)  # long enough that a pushed-out message stays hidden in a test
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def receive_event(queues: FifoQueues, expected: int, url: str | None = None) -> 
 
 
 def run(event: dict[str, Any], queues: FifoQueues, db: Database, *, max_receive_count: int = MAX_RECEIVES,
-        backoff: Backoff = LONG_BACKOFF, remaining_ms: float = 60_000) -> dict[str, Any]:
+        backoff: VisibilityBackoff = LONG_BACKOFF, remaining_ms: float = 60_000) -> dict[str, Any]:
     return work(event, db=db, queue=Queue(queues.url), dlq=Queue(queues.dlq_url),
                 max_receive_count=max_receive_count, remaining_ms=lambda: remaining_ms, backoff=backoff)
 
