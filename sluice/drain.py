@@ -409,7 +409,8 @@ class Drainer:
         return max(0.0, (self.remaining_ms() - RETURN_RESERVE_MS) / 1000)
 
     def _time_for(self, extra_ms: float = 0) -> bool:
-        """Is there time to start one more batch (after ``extra_ms`` of long polling)?"""
+        """Is there time to start one more batch after ``extra_ms`` more (a long poll, a
+        backoff, a wait for rate tokens)?"""
         return self.remaining_ms() > self.budget.predict_ms() + self.safety_margin_ms + extra_ms
 
     def _backoff_left_s(self) -> float:
