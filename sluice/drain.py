@@ -13,55 +13,47 @@ one is in flight, so every message of a group this consumer holds arrived in one
 in order. Receiving at most ``batch_size`` messages per call keeps each such run small
 enough for one worker batch, and giving the run to one worker keeps it in order.
 
+``Drainer.run`` is a list of named steps over the state of one drain (``DrainState``):
+collect finished invocations, back off after a throttle, refill (receive), dispatch (pack,
+rate-limit, start), and at the end finish (release what is held, wait for running workers up
+to the deadline, settle, report). Each step is a method that reads and tests alone.
+
+Throttles (429): the batch never ran, so it is held and retried after a backoff, with the
+limit lowered; releasing it instead would cost each message a receive, and enough of those
+make SQS move valid items to the DLQ with no reason. Only the finish step releases, whatever
+is still held when the budget ends.
+
+How many slots the dispatch step may fill comes from one place, ``Drainer.limit`` (a
+``ConcurrencyLimit``), clamped to [1, slots]: the seam an adaptive controller plugs into
+(DESIGN.md section 12).
+
 Invariants: the loop returns before the consumer's timeout (it only starts a batch it has
 time to wait for); at return it holds no received-but-undispatched message (those are made
 visible again at once); the number of worker invocations in flight never exceeds the slots.
-
-Counting: ``received``/``dispatched``/``released`` and the outcomes count messages;
-``worker_batches``, ``throttled`` and ``invoke_errors`` count invocations.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
-from sluice.aws import AwsError, FunctionInvoker, InvokeResult, Queue, ReceivedMessage, ThrottledError
+from sluice.aws import AwsError, FunctionInvoker, Queue, ReceivedMessage, ThrottledError
+from sluice.backoff import exponential_backoff_s
 from sluice.budget import BatchBudget
+from sluice.contract import ContractError, DrainReport, Outcome, WorkerResponse
 from sluice.observability import MetricUnit, count, logger, metrics
 from sluice.ratelimit import TokenBucket
 from sluice.settings import RuntimeConfig
 
-OUTCOMES = ("done", "duplicate", "dead_lettered", "retry")
+__all__ = ["ConcurrencyLimit", "DrainState", "Drainer", "FinishedInvocation", "SlotLimit",
+           "ThreadWorkerPool", "WorkerPool", "pack_batches"]
+
 # Time kept to settle, log the report and return once the drain stops waiting for workers.
 RETURN_RESERVE_MS = 500
-
-
-@dataclass
-class DrainReport:
-    received: int = 0
-    dispatched: int = 0
-    succeeded: int = 0
-    duplicates: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    released: int = 0
-    throttled: int = 0
-    invoke_errors: int = 0
-    budget_ms: int = 0
-    used_ms: int = 0
-    budget_used_pct: float = 0.0
-    peak_parallel: int = 0
-    worker_batches: int = 0
-    predicted_batch_ms: int = 0
-    stopped_because: str = ""
-    unfinished: int = 0  # messages whose worker was still running when the drain had to return
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+_T = TypeVar("_T")
 
 
 def _first_fit(runs: Sequence[list[ReceivedMessage]], size: int) -> list[list[ReceivedMessage]]:
@@ -101,10 +93,82 @@ def pack_batches(
 
 
 @dataclass(frozen=True)
-class _Outcome:
-    kind: str  # "ok" | "throttled" | "error"
-    result: InvokeResult | None = None
+class FinishedInvocation:
+    """What one worker invocation came back with."""
+
+    batch: list[ReceivedMessage]
+    throttled: bool = False  # refused with a 429: it never ran
+    response: WorkerResponse | None = None  # None when it failed: function error, timeout, no response
     error: str = ""
+    duration_ms: float | None = None  # what the invoke took, when it returned at all
+
+
+class ConcurrencyLimit(Protocol):
+    """How many worker invocations the dispatch step may have running (DESIGN.md section 12).
+
+    The drain reads ``current`` at every dispatch step and runs at most that many, clamped to
+    [1, slots], so a limit can lower concurrency but never raise it past the consumer's share of
+    ``drain.max_parallel``. It calls ``observe`` once per finished invocation, in the order it
+    collects them, with the number of invocations still running; what the workers measured
+    (per-message ``ms`` and outcomes) is in ``finished.response``. An adaptive controller is a
+    class with these two members, passed as ``Drainer(limit=...)``; it may outlive one drain."""
+
+    @property
+    def current(self) -> int: ...
+
+    def observe(self, finished: FinishedInvocation, running: int) -> None: ...
+
+
+class SlotLimit:
+    """The default limit: all of the consumer's slots, lowered to what is still running when an
+    invoke is throttled (the worker function's concurrency is used up elsewhere), raised again
+    by one per invocation that was not throttled."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.current = slots
+
+    def observe(self, finished: FinishedInvocation, running: int) -> None:
+        self.current = max(1, running) if finished.throttled else min(self.slots, self.current + 1)
+
+
+class WorkerPool(Protocol):
+    """Where worker invocations run while the drain goes on (threads in production)."""
+
+    def submit(self, fn: Callable[[], _T]) -> Future[_T]: ...
+
+    def wait(self, futures: Collection[Future[Any]], timeout_s: float | None, *, first: bool) -> None:
+        """Until the first (``first``) or every one of ``futures`` is done, or ``timeout_s``."""
+
+    def close(self) -> None:
+        """Stop taking work; never waits for what still runs."""
+
+
+class ThreadWorkerPool:
+    def __init__(self, size: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="sluice-worker-slot")
+
+    def submit(self, fn: Callable[[], _T]) -> Future[_T]:
+        return self._executor.submit(fn)
+
+    def wait(self, futures: Collection[Future[Any]], timeout_s: float | None, *, first: bool) -> None:
+        wait(futures, timeout=timeout_s, return_when=FIRST_COMPLETED if first else ALL_COMPLETED)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass
+class DrainState:
+    """Everything one drain changes as it runs; ``Drainer.begin`` makes a fresh one."""
+
+    report: DrainReport
+    started: float
+    pool: WorkerPool
+    held: list[ReceivedMessage] = field(default_factory=list)  # received, not (or no longer) dispatched
+    running: dict[Future[FinishedInvocation], list[ReceivedMessage]] = field(default_factory=dict)
+    throttles_in_a_row: int = 0
+    backoff_until: float = 0.0
 
 
 class Drainer:
@@ -125,6 +189,8 @@ class Drainer:
         queue_arn: str | None = None,
         throttle_backoff_s: float = 0.2,
         max_throttle_backoff_s: float = 5.0,
+        limit: ConcurrencyLimit | None = None,
+        make_pool: Callable[[int], WorkerPool] = ThreadWorkerPool,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -141,11 +207,14 @@ class Drainer:
         # A burst of one full batch, so a batch never waits for tokens it can never have.
         burst = max(float(batch_size), max_rate / 10)
         self.bucket = bucket or TokenBucket(max_rate, burst, clock=clock, sleep=sleep)
-        self._queue_arn = queue_arn
         self.throttle_backoff_s = throttle_backoff_s
         self.max_throttle_backoff_s = max_throttle_backoff_s
+        self.limit: ConcurrencyLimit = limit or SlotLimit(slots)
+        self._queue_arn = queue_arn
+        self._make_pool = make_pool
         self._clock = clock
         self._sleep = sleep
+        self._drain: DrainState | None = None
 
     @classmethod
     def from_config(
@@ -157,6 +226,7 @@ class Drainer:
         invoker: FunctionInvoker | None = None,
         budget: BatchBudget | None = None,
         queue_arn: str | None = None,
+        limit: ConcurrencyLimit | None = None,
     ) -> Drainer:
         return cls(
             queue or Queue(config.queue_url),
@@ -170,192 +240,217 @@ class Drainer:
             worker_timeout_ms=config.worker_timeout_s * 1000,
             budget=budget,
             queue_arn=queue_arn,
+            limit=limit,
         )
 
-    # -- time ---------------------------------------------------------------------------
+    # -- the loop -----------------------------------------------------------------------
+    def run(self) -> DrainReport:
+        state = self.begin()
+        try:
+            state.report.stopped_because = self._steps_until_stopped()
+        except AwsError as exc:
+            state.report.stopped_because = f"sqs_error: {exc}"
+            logger.error("drain stopped on an SQS error", extra={"error": str(exc)})
+        finally:
+            self.finish()
+        self._publish(state.report)
+        return state.report
+
+    def _steps_until_stopped(self) -> str:
+        """The steps, round after round; returns why the drain stopped."""
+        if self._queue_arn is None:
+            self._queue_arn = self.queue.arn
+        while True:
+            self.collect_finished()
+            if not self._time_for(self._backoff_left_s() * 1000):
+                # No time for one more batch (after the backoff, if one runs: a backoff that
+                # outlasts the budget ends the drain now, and the finish step releases).
+                return "budget"
+            if self.back_off():
+                continue
+            free = self.free_slots()
+            if free <= 0:
+                self._wait_for_a_worker(self._until_return_s())
+                continue
+            if not self.refill(free):
+                if not self.state.running:
+                    return "queue_empty"
+                # Groups held by running workers stay hidden until they finish.
+                self._wait_for_a_worker(self._until_return_s())
+                continue
+            if not self.dispatch(free):
+                # The rate cap would start the next batch later than the budget allows; nothing
+                # can be dispatched sooner, so stop now.
+                return "budget"
+
+    def begin(self) -> DrainState:
+        """A fresh state (report, pool) for one drain."""
+        self._drain = DrainState(DrainReport(budget_ms=int(self.remaining_ms())), self._clock(),
+                                 self._make_pool(self.slots))
+        return self._drain
+
+    @property
+    def state(self) -> DrainState:
+        """The state of the drain in progress (or the last one)."""
+        if self._drain is None:
+            raise RuntimeError("no drain has begun: run() (or begin()) makes its state")
+        return self._drain
+
+    # -- the steps ----------------------------------------------------------------------
+    def collect_finished(self) -> None:
+        """Settle every invocation that has finished since the last look."""
+        state = self.state
+        for future in [f for f in state.running if f.done()]:
+            del state.running[future]
+            self.settle(future.result())
+
+    def settle(self, finished: FinishedInvocation) -> None:
+        """Account for one finished invocation. A throttled one is held for a retry after a
+        backoff; a failed one (function error or timeout) leaves its messages in flight until
+        their visibility timeout, when SQS counts the receive and eventually moves them to the
+        DLQ; the rest count by the outcomes the worker reported."""
+        state, report = self.state, self.state.report
+        self.limit.observe(finished, len(state.running))
+        if finished.throttled:
+            # It never ran: its messages are held again, so not counted as dispatched.
+            report.throttled += 1
+            report.dispatched -= len(finished.batch)
+            report.worker_batches -= 1
+            state.held[:0] = finished.batch
+            state.throttles_in_a_row += 1
+            backoff_s = exponential_backoff_s(state.throttles_in_a_row, base_s=self.throttle_backoff_s,
+                                              cap_s=self.max_throttle_backoff_s)
+            state.backoff_until = self._clock() + backoff_s
+            logger.warning("worker throttled; holding its batch for a retry",
+                           extra={"messages": len(finished.batch), "backoff_s": backoff_s,
+                                  "slots": self.limit.current})
+            return
+        if finished.duration_ms is not None:
+            self.budget.record(finished.duration_ms)
+        if finished.response is None:
+            report.invoke_errors += 1
+            logger.error("worker invoke failed; its messages stay in flight",
+                         extra={"messages": len(finished.batch), "error": finished.error[:1000]})
+            return
+        state.throttles_in_a_row = 0
+        report.add_outcomes(finished.response.outcomes(m.message_id for m in finished.batch))
+
+    def back_off(self) -> bool:
+        """While a throttle's backoff lasts, wait for it to end (or for a worker to finish,
+        which the next collect settles). True when it waited. The loop starts no backoff it has
+        no time to see the end of, so this never waits past the budget."""
+        left_s = self._backoff_left_s()
+        if left_s <= 0:
+            return False
+        self._wait_for_a_worker(left_s)
+        return True
+
+    def free_slots(self) -> int:
+        """Slots the dispatch step may fill now: the limit in force, within [1, slots], minus
+        what is running. The one place the number of concurrent workers is decided."""
+        return max(1, min(self.slots, self.limit.current)) - len(self.state.running)
+
+    def refill(self, free: int) -> bool:
+        """Receive what ``free`` slots can take beyond what is held; True when anything is held."""
+        state = self.state
+        room = self.batch_size * free - len(state.held)
+        if room > 0:
+            # Long-poll only when nothing else needs us; otherwise a finished worker would sit
+            # unnoticed for up to wait_s.
+            idle = not state.running and not state.held
+            wait_s = self.wait_s if idle and self._time_for(self.wait_s * 1000) else 0
+            received = self.queue.receive(min(self.batch_size, room), wait_s=wait_s)
+            state.report.received += len(received)
+            state.held.extend(received)
+        return bool(state.held)
+
+    def dispatch(self, free: int) -> bool:
+        """Pack what is held into batches spread over the ``free`` slots (fauxqs, and SQS under
+        load, hands out few messages per group, so one full batch would leave the other slots
+        idle) and start each one there is time and rate for. False when the rate cap would
+        start the next batch past the budget."""
+        for batch in pack_batches(self.state.held, self.batch_size, free)[:free]:
+            if not self._time_for():
+                break
+            token_wait_s = self.bucket.reserve(len(batch))
+            if token_wait_s > 0:
+                if not self._time_for(token_wait_s * 1000):
+                    return False
+                self._sleep(token_wait_s)
+            self._start(batch)
+        return True
+
+    def finish(self) -> None:
+        """Hold nothing undispatched; then wait for the workers we started, but never past our
+        own deadline. A worker still running then (it hangs, or the prediction was beaten)
+        goes on as its own invocation: it applies, deletes or hands back its messages itself,
+        and its reserved concurrency still bounds the cap. A consumer killed by its timeout
+        would only lose its report."""
+        state = self.state
+        report = state.report
+        self._release(state.held)
+        if state.running:
+            state.pool.wait(list(state.running), self._until_return_s(), first=False)
+        self.collect_finished()
+        self._release(state.held)  # batches throttled while we waited
+        report.unfinished = sum(len(batch) for batch in state.running.values())
+        if state.running:
+            logger.warning("returning while workers still run; they finish on their own",
+                           extra={"messages": report.unfinished})
+        state.pool.close()
+        report.used_ms = int((self._clock() - state.started) * 1000)
+        if report.budget_ms:
+            report.budget_used_pct = round(100 * report.used_ms / report.budget_ms, 1)
+        report.predicted_batch_ms = int(self.budget.predict_ms())
+
+    # -- helpers ------------------------------------------------------------------------
     def _until_return_s(self) -> float:
         """Seconds this drain may still block before it must wrap up and return."""
         return max(0.0, (self.remaining_ms() - RETURN_RESERVE_MS) / 1000)
 
     def _time_for(self, extra_ms: float = 0) -> bool:
-        """Is there time to start one more batch (after ``extra_ms`` of long polling)?"""
+        """Is there time to start one more batch after ``extra_ms`` more (a long poll, a
+        backoff, a wait for rate tokens)?"""
         return self.remaining_ms() > self.budget.predict_ms() + self.safety_margin_ms + extra_ms
 
-    # -- the loop -----------------------------------------------------------------------
-    def run(self) -> DrainReport:
-        report = DrainReport(budget_ms=int(self.remaining_ms()))
-        started = self._clock()
-        pending: list[ReceivedMessage] = []
-        in_flight: dict[Future[_Outcome], list[ReceivedMessage]] = {}
-        backoff_s = 0.0
-        backoff_until = 0.0
-        slot_limit = self.slots  # lowered after a 429, raised again as workers succeed
-        pool = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="sluice-worker-slot")
-        try:
-            arn = self._queue_arn if self._queue_arn is not None else self.queue.arn
-            while True:
-                for future in [f for f in in_flight if f.done()]:
-                    batch, outcome = in_flight.pop(future), future.result()
-                    if outcome.kind == "throttled":
-                        # Hold the batch and retry it after a backoff, with fewer slots: a release
-                        # would cost each message one receive, and enough of those make SQS move
-                        # valid items to the DLQ with no reason. What is still held when the budget
-                        # ends is released by the finally block below.
-                        report.throttled += 1
-                        report.dispatched -= len(batch)
-                        report.worker_batches -= 1
-                        pending[:0] = batch
-                        slot_limit = max(1, len(in_flight))
-                        backoff_s = min(self.max_throttle_backoff_s, max(self.throttle_backoff_s, backoff_s * 2))
-                        backoff_until = self._clock() + backoff_s
-                        logger.warning("worker throttled; holding its batch for a retry",
-                                       extra={"messages": len(batch), "backoff_s": backoff_s,
-                                              "slots": slot_limit})
-                        continue
-                    backoff_s = self._settle(outcome, batch, report, backoff_s)
-                    slot_limit = min(self.slots, slot_limit + 1)
-                if not self._time_for():
-                    report.stopped_because = "budget"
-                    break
-                now = self._clock()
-                if now < backoff_until:
-                    # Never back off past the budget: the loop must still stop in time.
-                    spare_s = (self.remaining_ms() - self.budget.predict_ms() - self.safety_margin_ms) / 1000
-                    self._wait_any(in_flight, max(0.0, min(backoff_until - now, spare_s)))
-                    continue
-                free = slot_limit - len(in_flight)
-                if free <= 0:
-                    self._wait_any(in_flight, self._until_return_s())
-                    continue
-                room = self.batch_size * free - len(pending)
-                short = room <= 0
-                if room > 0:
-                    asked = min(self.batch_size, room)
-                    idle = not in_flight and not pending
-                    # Long-poll only when nothing else needs us; otherwise a finished worker
-                    # would sit unnoticed for up to wait_s.
-                    wait_s = self.wait_s if idle and self._time_for(self.wait_s * 1000) else 0
-                    received = self.queue.receive(asked, wait_s=wait_s)
-                    report.received += len(received)
-                    pending.extend(received)
-                    short = len(received) < asked
-                    if not received and not pending:
-                        if not in_flight:
-                            report.stopped_because = "queue_empty"
-                            break
-                        # Groups held by running workers stay hidden until they finish.
-                        self._wait_any(in_flight, self._until_return_s())
-                        continue
-                if short or len(pending) >= self.batch_size:
-                    # Spread over every free slot: fauxqs (and SQS under load) hands out few
-                    # messages per group, so one full batch would leave the other slots idle.
-                    rate_bound = False
-                    for batch in pack_batches(pending, self.batch_size, free)[:free]:
-                        if not self._time_for():
-                            break
-                        token_wait_s = self.bucket.reserve(len(batch))
-                        if token_wait_s > 0:
-                            if not self._time_for(token_wait_s * 1000):
-                                # The rate cap would start this batch later than the budget
-                                # allows; nothing can be dispatched sooner, so stop now.
-                                rate_bound = True
-                                break
-                            self._sleep(token_wait_s)
-                        for message in batch:
-                            pending.remove(message)
-                        in_flight[pool.submit(self._invoke, batch, arn)] = batch
-                        report.dispatched += len(batch)
-                        report.worker_batches += 1
-                        report.peak_parallel = max(report.peak_parallel, len(in_flight))
-                    if rate_bound:
-                        report.stopped_because = "budget"
-                        break
-        except AwsError as exc:
-            report.stopped_because = f"sqs_error: {exc}"
-            logger.error("drain stopped on an SQS error", extra={"error": str(exc)})
-        finally:
-            # Invariant: hold nothing undispatched; then wait for the workers we started, but
-            # never past our own deadline. A worker still running then (it hangs, or the
-            # prediction was beaten) goes on as its own invocation: it applies, deletes or hands
-            # back its messages itself, and its reserved concurrency still bounds the cap. A
-            # consumer killed by its timeout would only lose its report.
-            self._release(pending, report)
-            finished, running = wait(list(in_flight), timeout=self._until_return_s()) if in_flight else ((), ())
-            for future in finished:
-                self._settle(future.result(), in_flight[future], report, 0.0)
-            report.unfinished = sum(len(in_flight[future]) for future in running)
-            if running:
-                logger.warning("returning while workers still run; they finish on their own",
-                               extra={"messages": report.unfinished})
-            pool.shutdown(wait=False, cancel_futures=True)
-            report.used_ms = int((self._clock() - started) * 1000)
-            if report.budget_ms:
-                report.budget_used_pct = round(100 * report.used_ms / report.budget_ms, 1)
-            report.predicted_batch_ms = int(self.budget.predict_ms())
-        self._publish(report)
-        return report
+    def _backoff_left_s(self) -> float:
+        return max(0.0, self.state.backoff_until - self._clock())
 
-    def _wait_any(
-        self, in_flight: dict[Future[_Outcome], list[ReceivedMessage]], timeout: float | None
-    ) -> None:
-        if in_flight:
-            wait(list(in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
-        elif timeout:
-            self._sleep(timeout)
+    def _wait_for_a_worker(self, timeout_s: float) -> None:
+        state = self.state
+        if state.running:
+            state.pool.wait(list(state.running), timeout_s, first=True)
+        elif timeout_s:
+            self._sleep(timeout_s)
 
-    def _invoke(self, batch: list[ReceivedMessage], arn: str) -> _Outcome:
+    def _start(self, batch: list[ReceivedMessage]) -> None:
+        state = self.state
+        for message in batch:
+            state.held.remove(message)
+        state.running[state.pool.submit(lambda: self._invoke(batch))] = batch
+        state.report.dispatched += len(batch)
+        state.report.worker_batches += 1
+        state.report.peak_parallel = max(state.report.peak_parallel, len(state.running))
+
+    def _invoke(self, batch: list[ReceivedMessage]) -> FinishedInvocation:
+        arn = self._queue_arn or ""
         payload = {"Records": [m.to_sqs_record(arn) for m in batch], "queueUrl": self.queue.url}
         try:
-            return _Outcome("ok", self.invoker.invoke(payload))
+            result = self.invoker.invoke(payload)
         except ThrottledError as exc:
-            return _Outcome("throttled", error=str(exc))
+            return FinishedInvocation(batch, throttled=True, error=str(exc))
         except Exception as exc:  # any failure leaves the messages in flight: safe, never lost
-            return _Outcome("error", error=f"{type(exc).__name__}: {exc}")
+            return FinishedInvocation(batch, error=f"{type(exc).__name__}: {exc}")
+        if result.function_error:
+            return FinishedInvocation(batch, error=str(result.payload), duration_ms=result.duration_ms)
+        try:
+            response = WorkerResponse.from_payload(result.payload)
+        except ContractError as exc:
+            return FinishedInvocation(batch, error=f"{exc}: {str(result.payload)[:200]}",
+                                      duration_ms=result.duration_ms)
+        return FinishedInvocation(batch, response=response, duration_ms=result.duration_ms)
 
-    def _settle(self, outcome: _Outcome, batch: list[ReceivedMessage], report: DrainReport,
-                backoff_s: float) -> float:
-        """Account for one finished invocation; returns the throttle backoff to apply next."""
-        if outcome.kind == "throttled":
-            # Never ran: its messages are counted as released, so not as dispatched too.
-            report.throttled += 1
-            report.dispatched -= len(batch)
-            report.worker_batches -= 1
-            logger.warning("worker throttled; releasing its messages", extra={"messages": len(batch)})
-            self._release(batch, report)
-            return min(self.max_throttle_backoff_s, max(self.throttle_backoff_s, backoff_s * 2))
-        result = outcome.result
-        if outcome.kind == "error" or result is None or result.function_error or not isinstance(
-            result.payload, dict
-        ):
-            # Function error or timeout: the messages stay in flight until their visibility
-            # timeout, then SQS counts the receive and eventually moves them to the DLQ.
-            report.invoke_errors += 1
-            detail = outcome.error or (result.payload if result is not None else "")
-            logger.error("worker invoke failed; its messages stay in flight",
-                         extra={"messages": len(batch), "error": str(detail)[:1000]})
-            if result is not None:
-                self.budget.record(result.duration_ms)
-            return backoff_s
-        self.budget.record(result.duration_ms)
-        count_by_outcome = {name: 0 for name in OUTCOMES}
-        seen: set[str] = set()
-        for row in result.payload.get("results") or []:
-            if isinstance(row, dict) and row.get("outcome") in count_by_outcome:
-                count_by_outcome[row["outcome"]] += 1
-                seen.add(str(row.get("messageId")))
-        failures = {str(f.get("itemIdentifier")) for f in result.payload.get("batchItemFailures") or []
-                    if isinstance(f, dict)}
-        for message in batch:
-            if message.message_id not in seen:
-                # SQS partial-batch semantics: listed as a failure -> retried, else succeeded.
-                count_by_outcome["retry" if message.message_id in failures else "done"] += 1
-        report.succeeded += count_by_outcome["done"]
-        report.duplicates += count_by_outcome["duplicate"]
-        report.dead_lettered += count_by_outcome["dead_lettered"]
-        report.retried += count_by_outcome["retry"]
-        return 0.0
-
-    def _release(self, messages: list[ReceivedMessage], report: DrainReport) -> None:
+    def _release(self, messages: list[ReceivedMessage]) -> None:
         if not messages:
             return
         try:
@@ -364,7 +459,7 @@ class Drainer:
             refused = [m.receipt_handle for m in messages]
             logger.error("could not release messages; they reappear after the visibility timeout",
                          extra={"messages": len(messages), "error": str(exc)})
-        report.released += len(messages) - len(refused)
+        self.state.report.released += len(messages) - len(refused)
         messages.clear()
 
     @staticmethod
@@ -372,10 +467,8 @@ class Drainer:
         logger.info("drain finished", extra={"drain": report.to_dict()})
         for name in ("received", "dispatched", "released", "throttled", "invoke_errors", "worker_batches"):
             count(name, getattr(report, name))
-        count("done", report.succeeded)
-        count("duplicate", report.duplicates)
-        count("dead_lettered", report.dead_lettered)
-        count("retried", report.retried)
+        for outcome in Outcome:
+            count(outcome.metric, report.count(outcome))
         metrics.add_metric(name="drain_budget_used_pct", unit=MetricUnit.Percent,
                            value=report.budget_used_pct)
         metrics.add_metric(name="peak_parallel", unit=MetricUnit.Count, value=report.peak_parallel)

@@ -31,7 +31,6 @@ entries only on internal errors, and the 207 names every item concerned.
 from __future__ import annotations
 
 import json
-import random
 import re
 import threading
 import time
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sluice.aws import AwsError, OutgoingMessage, Queue, SentMessage
+from sluice.backoff import exponential_backoff_s, jittered
 from sluice.envelope import MAX_GROUP_LENGTH, MAX_KEY_LENGTH, Envelope, group_id
 from sluice.lanes import LaneRoute, route, routes_from_env, single_lane, why_unroutable
 from sluice.ratelimit import CallWindow
@@ -376,7 +376,7 @@ class Enqueuer:
         reasons: dict[int, str] = {}
         for attempt in range(self.max_attempts):
             if attempt:
-                self._sleep(self.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random()))
+                self._sleep(jittered(exponential_backoff_s(attempt, base_s=self.backoff_s)))
             with self._lock:
                 result.batch_calls += 1
             try:

@@ -33,6 +33,8 @@ from aws_lambda_powertools.utilities.data_classes import SQSEvent
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from sluice.aws import AwsError, OutgoingMessage, Queue
+from sluice.backoff import SQS_MAX_VISIBILITY_S, VisibilityBackoff
+from sluice.contract import DEAD_LETTERED, DONE, DUPLICATE, RETRY, Outcome, WorkerPayload, WorkerResponse, WorkerResult
 from sluice.db import Database, DbError, DbUnavailableError, TransientDbError, claim
 from sluice.envelope import Envelope, EnvelopeError
 from sluice.observability import MetricUnit, count, logger, metrics
@@ -45,24 +47,9 @@ from sluice.tasks import (
     get_task,
 )
 
-DONE, DUPLICATE, DEAD_LETTERED, RETRY = "done", "duplicate", "dead_lettered", "retry"
-_METRIC_OF = {DONE: "done", DUPLICATE: "duplicate", DEAD_LETTERED: "dead_lettered", RETRY: "retried"}
 _MESSAGE_KEYS = ["message_id", "group", "task", "key"]
 MAX_REASON_CHARS = 1000
 MAX_MESSAGE_ATTRIBUTES = 10  # SQS's limit per message
-MAX_VISIBILITY_S = 43200  # SQS's longest visibility timeout
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Visibility delay after a transient failure: base * 2^(receive_count - 1), at most cap."""
-
-    base_s: int = 5
-    cap_s: int = 300
-
-    def seconds(self, receive_count: int) -> int:
-        exponent = min(max(receive_count, 1) - 1, 20)  # bounded so huge counts cannot overflow
-        return int(max(0, min(self.cap_s, self.base_s * 2**exponent, 43200)))  # 43200: SQS's maximum
 
 
 @dataclass
@@ -122,13 +109,13 @@ def work(
     max_receive_count: int,
     remaining_ms: Callable[[], float],
     reserve_ms: float = 2000,
-    backoff: Backoff | None = None,
-) -> dict[str, Any]:
+    backoff: VisibilityBackoff | None = None,
+) -> WorkerPayload:
     """Apply one SQS-event-shaped batch; returns batchItemFailures and a result per message."""
     started = time.monotonic()
-    backoff = backoff or Backoff()
+    backoff = backoff or VisibilityBackoff()
     records = list(SQSEvent(dict(event)).records)
-    results: list[dict[str, Any]] = []
+    results: list[WorkerResult] = []
     batch = _BatchState()
     halted: dict[str, int] = {}  # group -> visibility seconds its remaining messages get
     deletions = _Deletions(queue)
@@ -142,16 +129,13 @@ def work(
 
     elapsed_ms = (time.monotonic() - started) * 1000
     metrics.add_metric(name="worker_ms", unit=MetricUnit.Milliseconds, value=elapsed_ms)
-    return {
-        "batchItemFailures": [{"itemIdentifier": r["messageId"]} for r in results if r["outcome"] == RETRY],
-        "results": results,
-    }
+    return WorkerResponse.of(results).to_payload()
 
 
-def _work_records(records: list[SQSRecord], results: list[dict[str, Any]], batch: _BatchState,
+def _work_records(records: list[SQSRecord], results: list[WorkerResult], batch: _BatchState,
                   halted: dict[str, int], deletions: _Deletions, *, db: Database, queue: Queue, dlq: Queue,
                   max_receive_count: int, remaining_ms: Callable[[], float], reserve_ms: float,
-                  backoff: Backoff) -> None:
+                  backoff: VisibilityBackoff) -> None:
     for index, record in enumerate(records):
         if remaining_ms() < reserve_ms:
             deletions.flush()  # finished messages first, while there is still time for it
@@ -182,13 +166,12 @@ def _work_records(records: list[SQSRecord], results: list[dict[str, Any]], batch
                     halted[group] = delay
         finally:
             logger.remove_keys(_MESSAGE_KEYS)
-        count(_METRIC_OF[outcome])
-        results.append({"messageId": record.message_id, "outcome": outcome,
-                        "ms": round((time.monotonic() - t0) * 1000, 1)})
+        count(outcome.metric)
+        results.append(WorkerResult(record.message_id, outcome, round((time.monotonic() - t0) * 1000, 1)))
 
 
 def _handle(record: SQSRecord, batch: _BatchState, deletions: _Deletions, *, db: Database, queue: Queue,
-            dlq: Queue, max_receive_count: int, backoff: Backoff) -> tuple[str, int]:
+            dlq: Queue, max_receive_count: int, backoff: VisibilityBackoff) -> tuple[Outcome, int]:
     """One message end to end. Returns (outcome, visibility delay when the outcome is retry)."""
     receive_count = int(record.attributes.approximate_receive_count or 1)
     source_dedup = record.attributes.message_deduplication_id or ""
@@ -212,7 +195,7 @@ def _handle(record: SQSRecord, batch: _BatchState, deletions: _Deletions, *, db:
         delay = backoff.seconds(receive_count)
         if isinstance(exc, TransientTaskError) and exc.retry_after_s is not None:
             # The task knows better (a vendor's Retry-After): hidden that long, within SQS's range.
-            delay = min(MAX_VISIBILITY_S, math.ceil(exc.retry_after_s))
+            delay = min(SQS_MAX_VISIBILITY_S, math.ceil(exc.retry_after_s))
         logger.warning("transient failure: retrying later", extra={"reason": reason, "retry_in_s": delay,
                                                                     "receive_count": receive_count})
         _push_out(queue, record, delay, deletions)
@@ -221,7 +204,7 @@ def _handle(record: SQSRecord, batch: _BatchState, deletions: _Deletions, *, db:
     return outcome, 0
 
 
-def _apply(record: SQSRecord, batch: _BatchState, db: Database, receive_count: int) -> str:
+def _apply(record: SQSRecord, batch: _BatchState, db: Database, receive_count: int) -> Outcome:
     """Validate, then the one transaction. Raises _PermanentError, TransientDbError or anything unexpected."""
     try:
         envelope = Envelope.from_body(record.body)
@@ -263,7 +246,8 @@ def _apply(record: SQSRecord, batch: _BatchState, db: Database, receive_count: i
 
 
 def _dead_letter(record: SQSRecord, dlq: Queue, queue: Queue, deletions: _Deletions, error_type: str,
-                 reason: str, receive_count: int, source_dedup: str, backoff: Backoff) -> tuple[str, int]:
+                 reason: str, receive_count: int, source_dedup: str,
+                 backoff: VisibilityBackoff) -> tuple[Outcome, int]:
     group = record.attributes.message_group_id or "sluice-dead-letters"
     attributes = {
         "sluice_error": reason[:MAX_REASON_CHARS],
@@ -303,7 +287,7 @@ def _push_out(queue: Queue, record: SQSRecord, seconds: int, deletions: _Deletio
         logger.exception("could not change the message's visibility")
 
 
-def _release(queue: Queue, records: list[SQSRecord]) -> list[dict[str, Any]]:
+def _release(queue: Queue, records: list[SQSRecord]) -> list[WorkerResult]:
     """Out of time: hand the rest back at once (visibility 0) instead of running past the timeout."""
     logger.warning("time is short: releasing the rest of the batch", extra={"released": len(records)})
     try:
@@ -311,5 +295,5 @@ def _release(queue: Queue, records: list[SQSRecord]) -> list[dict[str, Any]]:
     except AwsError:
         logger.exception("could not release messages; they reappear after the visibility timeout")
     for _ in records:
-        count(_METRIC_OF[RETRY])
-    return [{"messageId": r.message_id, "outcome": RETRY, "ms": 0.0} for r in records]
+        count(RETRY.metric)
+    return [WorkerResult(r.message_id, RETRY) for r in records]

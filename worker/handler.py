@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sluice.aws import Queue
+from sluice.contract import WorkerPayload
 from sluice.db import Database
 from sluice.observability import logger, metrics
 from sluice.settings import RuntimeConfig
@@ -43,7 +44,7 @@ def _queue(url: str) -> Queue:
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: Any) -> WorkerPayload:
     config, database = _dependencies()
     return work(
         event,

@@ -63,11 +63,12 @@ def render_status(s: Status) -> Group:
         for name in ("at", "recv", "done", "dup", "dead", "retry", "rel", "thr", "peak", "bud%", "stop"):
             drains.add_column(name, no_wrap=True)
         for d in s.drains:
-            fields = ("received", "succeeded", "duplicates", "dead_lettered", "retried", "released",
-                      "throttled", "peak_parallel", "budget_used_pct")
-            at = re.search(r"\d\d:\d\d:\d\d", str(d.get("at", "")))
-            stop = str(d.get("stopped_because", "")).replace("queue_empty", "empty")
-            drains.add_row(at.group(0) if at else "", *(str(d.get(f, "")) for f in fields), stop)
+            r = d.report
+            at = re.search(r"\d\d:\d\d:\d\d", d.at)
+            counts = (r.received, r.succeeded, r.duplicates, r.dead_lettered, r.retried, r.released,
+                      r.throttled, r.peak_parallel, r.budget_used_pct)
+            stop = r.stopped_because.replace("queue_empty", "empty")
+            drains.add_row(at.group(0) if at else "", *(str(c) for c in counts), stop)
         parts.append(drains)
     parts += [f"[dim]{note}[/dim]" for note in s.notes]
     return Group(*parts)

@@ -26,6 +26,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sluice import aws
+from sluice.contract import ContractError, DrainReport
 from sluice_tools.ops.dlq import list_dead_letters
 from sluice_tools.stage import StageContext
 
@@ -43,6 +44,27 @@ class QueueCounts:
         return self.visible + self.in_flight + self.delayed
 
 
+@dataclass(frozen=True)
+class LoggedDrain:
+    """A drain report as the consumer logged it, with the time of the log line."""
+
+    at: str
+    report: DrainReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at, **self.report.to_dict()}
+
+    @classmethod
+    def from_log_record(cls, record: object) -> LoggedDrain | None:
+        """The drain in one parsed log line, or None when the line holds none (or a broken one)."""
+        if not isinstance(record, dict) or "drain" not in record:
+            return None
+        try:
+            return cls(str(record.get("timestamp", "")), DrainReport.from_dict(record["drain"]))
+        except ContractError:
+            return None
+
+
 @dataclass
 class Status:
     stage: str
@@ -53,7 +75,7 @@ class Status:
     dlq_oldest_age_s: float | None = None
     workers_busy: int | None = None
     workers_peak: int | None = None
-    drains: list[dict[str, Any]] = field(default_factory=list)
+    drains: list[LoggedDrain] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,7 +86,7 @@ class Status:
             "oldest_age_s": self.oldest_age_s,
             "dlq_oldest_age_s": self.dlq_oldest_age_s,
             "workers": {"busy": self.workers_busy, "peak": self.workers_peak, "cap": self.cap},
-            "last_drains": self.drains,
+            "last_drains": [d.to_dict() for d in self.drains],
             "notes": self.notes,
         }
 
@@ -84,7 +106,7 @@ def lambda_stats(url: str, timeout_s: float = 2) -> dict[str, Any]:
     return stats
 
 
-def read_drain_reports(log_file: Path, limit: int = 5, tail_bytes: int = 512 * 1024) -> list[dict[str, Any]]:
+def read_drain_reports(log_file: Path, limit: int = 5, tail_bytes: int = 512 * 1024) -> list[LoggedDrain]:
     """The last ``limit`` drain reports a consumer logged (Powertools JSON lines)."""
     try:
         with log_file.open("rb") as f:
@@ -93,7 +115,7 @@ def read_drain_reports(log_file: Path, limit: int = 5, tail_bytes: int = 512 * 1
             lines = f.read().decode(errors="replace").splitlines()
     except FileNotFoundError:
         return []
-    found: deque[dict[str, Any]] = deque(maxlen=limit)
+    found: deque[LoggedDrain] = deque(maxlen=limit)
     for line in lines:
         if DRAIN_LOG_MESSAGE not in line:
             continue
@@ -101,8 +123,9 @@ def read_drain_reports(log_file: Path, limit: int = 5, tail_bytes: int = 512 * 1
             record = json.loads(line[line.index("{"):])
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("message") == DRAIN_LOG_MESSAGE and "drain" in record:
-            found.append({"at": record.get("timestamp", ""), **record["drain"]})
+        drain = LoggedDrain.from_log_record(record)
+        if drain is not None and record.get("message") == DRAIN_LOG_MESSAGE:
+            found.append(drain)
     return list(found)
 
 
@@ -115,7 +138,7 @@ def _cloudwatch_latest(namespace: str, metric: str, dimension: tuple[str, str], 
     return float(points[-1][stat]) if points else None
 
 
-def _aws_drain_reports(ctx: StageContext, limit: int) -> list[dict[str, Any]]:
+def _aws_drain_reports(ctx: StageContext, limit: int) -> list[LoggedDrain]:
     now = datetime.now(UTC)
     reply = aws.client("logs").filter_log_events(
         logGroupName=f"/aws/lambda/{ctx.function('consumer')}", filterPattern=f'"{DRAIN_LOG_MESSAGE}"',
@@ -126,8 +149,9 @@ def _aws_drain_reports(ctx: StageContext, limit: int) -> list[dict[str, Any]]:
             record = json.loads(event["message"][event["message"].index("{"):])
         except (ValueError, KeyError):
             continue
-        if isinstance(record, dict) and "drain" in record:
-            reports.append({"at": record.get("timestamp", ""), **record["drain"]})
+        drain = LoggedDrain.from_log_record(record)
+        if drain is not None:
+            reports.append(drain)
     return reports[-limit:]
 
 

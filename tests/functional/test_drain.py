@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 
 from sluice.aws import FunctionInvoker, Queue
 from sluice.budget import BatchBudget
+from sluice.contract import Outcome, WorkerResponse, WorkerResult
 from sluice.drain import Drainer
 from sluice.enqueue import Enqueuer
 from sluice.envelope import Envelope
@@ -74,8 +75,8 @@ class WorkerStandIn:
                     self.applied[record["attributes"]["MessageGroupId"]].append(envelope.key)
                     self.receive_counts.append(int(record["attributes"]["ApproximateReceiveCount"]))
                 self.sqs.delete_message(QueueUrl=event["queueUrl"], ReceiptHandle=record["receiptHandle"])
-                results.append({"messageId": record["messageId"], "outcome": "done", "ms": 1})
-            body = {"batchItemFailures": [], "results": results}
+                results.append(WorkerResult(record["messageId"], Outcome.DONE, 1))
+            body = WorkerResponse.of(results).to_payload()
             return {"StatusCode": 200, "Payload": io.BytesIO(json.dumps(body).encode())}
         finally:
             with self.lock:

@@ -12,8 +12,8 @@ from typing import Any
 import boto3
 import pytest
 
+from sluice.backoff import VisibilityBackoff as Backoff
 from sluice.db import Database, TransientDbError
-from sluice.work import Backoff
 from sluice_tools.local.vendor_api import VendorApi, VendorSettings
 from sluice_tools.local.vendor_client import VendorClient
 from tests.conftest import REGION, FifoQueues, free_port

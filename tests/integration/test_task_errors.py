@@ -13,8 +13,8 @@ import pytest
 from pydantic import BaseModel
 
 from sluice import PermanentTaskError, Transaction, TransientTaskError, WorkItem, task
+from sluice.backoff import VisibilityBackoff as Backoff
 from sluice.db import Database
-from sluice.work import Backoff
 from tests.conftest import FifoQueues
 from tests.integration.test_work import dead_letters, outcomes, receive_event, run, send
 

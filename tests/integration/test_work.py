@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from sluice.aws import OutgoingMessage, Queue
+from sluice.backoff import VisibilityBackoff
 from sluice.db import Database, DbUnavailableError, claim
 from sluice.envelope import Envelope
 from sluice.tasks import WorkItem, get_task
-from sluice.work import Backoff, work
+from sluice.work import work
 from tests.conftest import FifoQueues, free_port
 from tests.helpers import depth, sql
 from worker.tasks import invoices
@@ -25,7 +26,7 @@ from worker.tasks import invoices
 pytestmark = pytest.mark.integration
 
 MAX_RECEIVES = 3
-LONG_BACKOFF = Backoff(base_s=120, cap_s=600)  # long enough that a pushed-out message stays hidden in a test
+LONG_BACKOFF = VisibilityBackoff(base_s=120, cap_s=600)  # long enough that a pushed-out message stays hidden in a test
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def receive_event(queues: FifoQueues, expected: int, url: str | None = None) -> 
 
 
 def run(event: dict[str, Any], queues: FifoQueues, db: Database, *, max_receive_count: int = MAX_RECEIVES,
-        backoff: Backoff = LONG_BACKOFF, remaining_ms: float = 60_000) -> dict[str, Any]:
+        backoff: VisibilityBackoff = LONG_BACKOFF, remaining_ms: float = 60_000) -> dict[str, Any]:
     return work(event, db=db, queue=Queue(queues.url), dlq=Queue(queues.dlq_url),
                 max_receive_count=max_receive_count, remaining_ms=lambda: remaining_ms, backoff=backoff)
 

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sluice.aws import ReceivedMessage
-from sluice.drain import DrainReport, pack_batches
+from sluice.contract import DrainReport
+from sluice.drain import pack_batches
 
 pytestmark = pytest.mark.unit
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from sluice.work import Backoff, dlq_dedup_id
+from sluice.backoff import VisibilityBackoff
+from sluice.work import dlq_dedup_id
 
 pytestmark = pytest.mark.unit
 
 
 def test_backoff_doubles_per_receive_and_stays_bounded() -> None:
     # GIVEN the default backoff / WHEN asked for successive receive counts
-    backoff = Backoff(base_s=5, cap_s=300)
+    backoff = VisibilityBackoff(base_s=5, cap_s=300)
     delays = [backoff.seconds(n) for n in range(1, 10)]
     # THEN it doubles from the base and never exceeds the cap
     assert delays == [5, 10, 20, 40, 80, 160, 300, 300, 300]
@@ -21,7 +22,7 @@ def test_backoff_doubles_per_receive_and_stays_bounded() -> None:
 @pytest.mark.parametrize("receive_count", [-3, 0, 1, 10**9])
 def test_backoff_survives_odd_receive_counts(receive_count: int) -> None:
     # GIVEN nonsense or huge receive counts / WHEN asked / THEN a delay within SQS's range comes back
-    delay = Backoff(base_s=5, cap_s=10**9).seconds(receive_count)
+    delay = VisibilityBackoff(base_s=5, cap_s=10**9).seconds(receive_count)
     assert 0 <= delay <= 43200
 
 
