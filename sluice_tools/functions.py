@@ -21,6 +21,8 @@ class FunctionSpec:
     reserved_concurrency: int | None
     schedule: str | None = None  # EventBridge expression for scheduled functions
     env_names: tuple[str, ...] = RUNTIME_ENV_NAMES
+    lane: str | None = None  # the lane a consumer or worker serves; None for the stage-wide ones
+    role: str = ""  # "enqueuer" | "consumer" | "worker" | "migrate"
 
     @property
     def module(self) -> str:
@@ -33,15 +35,24 @@ class FunctionSpec:
 
 
 def function_table(settings: Settings) -> dict[str, FunctionSpec]:
-    d, w, e = settings.drain, settings.worker, settings.enqueuer
-    return {
-        "enqueuer": FunctionSpec("enqueuer", "enqueuer/handler.lambda_handler", e.timeout_s, e.memory_mb, None),
+    """Every function of the stage by its serverless.yml key: the enqueuer and migrate once, a
+    consumer and a worker per lane (``consumer``/``worker`` for a config without lanes,
+    ``consumer-<lane>``/``worker-<lane>`` otherwise), each with its lane's settings."""
+    e = settings.enqueuer
+    table = {
+        "enqueuer": FunctionSpec("enqueuer", "enqueuer/handler.lambda_handler", e.timeout_s, e.memory_mb, None,
+                                 role="enqueuer"),
+    }
+    for lane in settings.resolved_lanes():
+        d, w = lane.drain, lane.worker
+        consumer, worker = lane.function_key("consumer"), lane.function_key("worker")
         # Reserved concurrency = consumers: a tick that finds the previous drain still running is
         # throttled instead of piling a second drain on top of it.
-        "consumer": FunctionSpec("consumer", "consumer/handler.lambda_handler", d.timeout_s, d.memory_mb,
-                                 d.consumers, schedule=d.schedule),
-        "worker": FunctionSpec("worker", "worker/handler.lambda_handler", w.timeout_s, w.memory_mb,
-                               w.reserved_concurrency),
-        # Runs the schema migrations inside the VPC after a deploy (`sluice db migrate --stage S`).
-        "migrate": FunctionSpec("migrate", "worker/migrate.lambda_handler", 300, 256, 1),
-    }
+        table[consumer] = FunctionSpec(consumer, "consumer/handler.lambda_handler", d.timeout_s, d.memory_mb,
+                                       d.consumers, schedule=d.schedule, lane=lane.name, role="consumer")
+        # Reserved concurrency = the lane's cap: what holds it when a worker outlives its drain.
+        table[worker] = FunctionSpec(worker, "worker/handler.lambda_handler", w.timeout_s, w.memory_mb,
+                                     w.reserved_concurrency, lane=lane.name, role="worker")
+    # Runs the schema migrations inside the VPC after a deploy (`sluice db migrate --stage S`).
+    table["migrate"] = FunctionSpec("migrate", "worker/migrate.lambda_handler", 300, 256, 1, role="migrate")
+    return table
