@@ -28,7 +28,7 @@ import pymysql
 
 from sluice.aws import Queue
 from sluice.db import DbCredentials
-from sluice.settings import Settings
+from sluice.settings import Settings, load_settings
 from sluice_tools.chaos.sqs_fault_proxy import FaultPlan, SqsFaultProxy
 from sluice_tools.chaos.tasks import EFFECTS_TABLE_SQL
 from sluice_tools.local.fauxqs import FauxqsServer
@@ -138,6 +138,7 @@ class ChaosRun(StartStopContext):
 
     @property
     def settings(self) -> Settings:
+        local = load_settings("local")
         return Settings(
             stage="chaos",
             queue={"name": f"chaos-{self.run_id}", "groups": 4, "visibility_s": self.visibility_s,
@@ -149,7 +150,10 @@ class ChaosRun(StartStopContext):
             enqueuer={"max_items": 1000},
             database={"name": self._db_name, "secret": "sluice/chaos/database"},
             api={"auth": "none"},
-            local={"tick_s": self.tick_s, "sqs": "fauxqs"},
+            local={"tick_s": self.tick_s, "sqs": "fauxqs", "vendors": local.local.vendors},
+            # The application's task modules, as the local stage runs them (chaos.apply is added
+            # to this stack's functions only, through SLUICE_EXTRA_TASK_MODULES).
+            tasks=local.tasks,
         )
 
     @property
