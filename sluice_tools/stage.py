@@ -4,8 +4,14 @@ Stage ``local`` means the stack of `sluice local up`: its endpoints come from
 ``.sluice/local.env`` and are put into this process's environment, so every boto3 client
 (sluice.aws makes them) reaches the local servers. Any other stage means AWS through the
 usual credential chain: queue URLs by name (``get_queue_url``), function names as the
-Serverless Framework makes them. Failures become a CliError with EXIT_UNAVAILABLE, never a
-traceback.
+Serverless Framework makes them.
+
+Every lane's queue and DLQ are known (``StageContext.lanes``, in routing order): locally from
+local.env (``SLUICE_QUEUE_URL``/``SLUICE_DLQ_URL`` for a config without lanes, each lane's
+``SLUICE_QUEUE_URL_<LANE>``/``SLUICE_DLQ_URL_<LANE>`` otherwise), on AWS by name
+(``<queue.name>-<lane>.fifo``). A command for one lane asks ``ctx.lane(name)``: a name the
+config does not hold, or none where there are several, is a SettingsError (one line, exit 2).
+Failures to reach a stage become a CliError with EXIT_UNAVAILABLE, never a traceback.
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
 from sluice import aws
-from sluice.settings import Settings, load_settings
-from sluice_tools.errors import EXIT_UNAVAILABLE, CliError
+from sluice.settings import Lane, Settings, load_settings
+from sluice_tools.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from sluice_tools.functions import function_table
-from sluice_tools.local.env import LocalStackNotRunningError, read_local_env, use_local_stack
+from sluice_tools.local.env import LocalStackNotRunningError, lane_queue_keys, read_local_env, use_local_stack
 
 LOCAL_STAGE = "local"
 # Lets a test (or a second stack) point the CLI at another local.env than the project's.
@@ -31,12 +37,36 @@ LOCAL_ENV_FILE_VAR = "SLUICE_LOCAL_ENV_FILE"
 
 
 @dataclass(frozen=True)
+class LaneQueues:
+    """One lane, resolved, with its queue and DLQ, and the functions that serve it."""
+
+    lane: Lane
+    queue_url: str
+    dlq_url: str
+    consumer: str  # deployed function names
+    worker: str
+
+    @property
+    def name(self) -> str:
+        return self.lane.name
+
+    @property
+    def cap(self) -> int:
+        return self.lane.drain.max_parallel
+
+    def queue(self) -> aws.Queue:
+        return aws.Queue(self.queue_url)
+
+    def dlq(self) -> aws.Queue:
+        return aws.Queue(self.dlq_url)
+
+
+@dataclass(frozen=True)
 class StageContext:
     """Everything an operator command needs to reach one deployed (or local) sluice."""
 
     settings: Settings
-    queue_url: str
-    dlq_url: str
+    lanes: tuple[LaneQueues, ...]  # every lane, in routing order (one for a config without lanes)
     functions: dict[str, str]  # function key ("worker") -> deployed name
     database_url: str = ""
     api_url: str = ""
@@ -52,14 +82,42 @@ class StageContext:
         return self.stage == LOCAL_STAGE
 
     @property
+    def has_lanes(self) -> bool:
+        """Does the config name lanes (False: one implicit lane, today's names)?"""
+        return not self.lanes[0].lane.implicit
+
+    def lane(self, name: str | None = None) -> LaneQueues:
+        """One lane's queues; None: the only lane. Raises SettingsError (exit 2) for a name the
+        config does not hold, or for None when there are several lanes to pick from."""
+        wanted = self.settings.lane(name).name
+        return next(x for x in self.lanes if x.name == wanted)
+
+    def selected(self, name: str | None) -> tuple[LaneQueues, ...]:
+        """The lane named, or every lane when none is."""
+        return self.lanes if name is None else (self.lane(name),)
+
+    @property
+    def queue_url(self) -> str:
+        return self.lane().queue_url
+
+    @property
+    def dlq_url(self) -> str:
+        return self.lane().dlq_url
+
+    @property
     def cap(self) -> int:
-        return self.settings.drain.max_parallel
+        return self.lane().cap
 
-    def queue(self) -> aws.Queue:
-        return aws.Queue(self.queue_url)
+    def queue(self, lane: str | None = None) -> aws.Queue:
+        return self.lane(lane).queue()
 
-    def dlq(self) -> aws.Queue:
-        return aws.Queue(self.dlq_url)
+    def dlq(self, lane: str | None = None) -> aws.Queue:
+        return self.lane(lane).dlq()
+
+    def routes(self) -> str:
+        """SLUICE_LANES for an Enqueuer in this process: every lane's route and queue URL ("" for a
+        config without lanes: everything goes to the one queue)."""
+        return self.settings.lanes_env({x.name: x.queue_url for x in self.lanes})
 
     def function(self, key: str) -> str:
         try:
@@ -79,9 +137,16 @@ def local_env_path() -> Path:
     return Path(override) if override else LOCAL_ENV
 
 
-def resolve_stage(stage: str) -> StageContext:
-    """The StageContext of ``stage``; raises CliError (exit 3) when it cannot be reached."""
+def resolve_stage(stage: str, lane: str | None = None, *, one_lane: bool = False) -> StageContext:
+    """The StageContext of ``stage``; raises CliError (exit 3) when it cannot be reached.
+
+    ``lane`` (a command's --lane) is checked before anything is reached, and so, with
+    ``one_lane``, is that a lane is picked where the stage has several: either mistake is one
+    line and exit 2, whether or not the stage is up."""
     settings = load_settings(stage)
+    _lanes_or_usage(settings)
+    if lane is not None or one_lane:
+        settings.lane(lane)  # SettingsError (exit 2) naming the lanes there are
     if stage == LOCAL_STAGE:
         return _resolve_local(settings)
     return _resolve_aws(settings)
@@ -91,20 +156,35 @@ def _function_names(settings: Settings) -> dict[str, str]:
     return {key: settings.function_name(key) for key in function_table(settings)}
 
 
+def _lane_queues(settings: Settings, urls: dict[str, tuple[str, str]]) -> tuple[LaneQueues, ...]:
+    return tuple(LaneQueues(lane, *urls[lane.name], consumer=settings.function_name(lane.function_key("consumer")),
+                            worker=settings.function_name(lane.function_key("worker")))
+                 for lane in settings.resolved_lanes())
+
+
+def _lanes_or_usage(settings: Settings) -> list[Lane]:
+    try:
+        return settings.resolved_lanes()
+    except ValueError as exc:  # a lane's override is invalid: `sluice config check` says more
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
 def _resolve_local(settings: Settings) -> StageContext:
     try:
         env = read_local_env(local_env_path())
     except LocalStackNotRunningError as exc:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
-    missing = [k for k in ("SLUICE_QUEUE_URL", "SLUICE_DLQ_URL") if not env.get(k)]
+    lanes = _lanes_or_usage(settings)
+    keys = {lane.name: (("SLUICE_QUEUE_URL", "SLUICE_DLQ_URL") if lane.implicit else lane_queue_keys(lane.name))
+            for lane in lanes}
+    missing = [k for pair in keys.values() for k in pair if not env.get(k)]
     if missing:
-        raise CliError(f"local.env lacks {', '.join(missing)}: restart the stack with `sluice local up`",
-                       EXIT_UNAVAILABLE)
+        raise CliError(f"local.env lacks {', '.join(missing)}: is the running stack of another config? "
+                       "Restart it with `sluice local up`", EXIT_UNAVAILABLE)
     use_local_stack(env, default_region=settings.region)
     return StageContext(
         settings=settings,
-        queue_url=env["SLUICE_QUEUE_URL"],
-        dlq_url=env["SLUICE_DLQ_URL"],
+        lanes=_lane_queues(settings, {name: (env[q], env[d]) for name, (q, d) in keys.items()}),
         functions=_function_names(settings),
         database_url=env.get("DATABASE_URL", ""),
         api_url=env.get("SLUICE_API_URL", ""),
@@ -116,9 +196,11 @@ def _resolve_local(settings: Settings) -> StageContext:
 def _resolve_aws(settings: Settings) -> StageContext:
     os.environ.setdefault("AWS_DEFAULT_REGION", settings.region)
     sqs = aws.client("sqs")
+    urls: dict[str, tuple[str, str]] = {}
     try:
-        queue_url = sqs.get_queue_url(QueueName=settings.queue.fifo_name)["QueueUrl"]
-        dlq_url = sqs.get_queue_url(QueueName=settings.queue.dlq_fifo_name)["QueueUrl"]
+        for lane in _lanes_or_usage(settings):
+            urls[lane.name] = (sqs.get_queue_url(QueueName=lane.queue.fifo_name)["QueueUrl"],
+                               sqs.get_queue_url(QueueName=lane.queue.dlq_fifo_name)["QueueUrl"])
     except NoCredentialsError:
         raise CliError(
             f"no AWS credentials for stage {settings.stage!r}: configure them (AWS_PROFILE, "
@@ -131,7 +213,7 @@ def _resolve_aws(settings: Settings) -> StageContext:
         code = exc.response.get("Error", {}).get("Code", "")
         if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
             raise CliError(
-                f"queue {settings.queue.fifo_name} (or its DLQ) does not exist in {settings.region}: "
+                f"queue {lane.queue.fifo_name} (or its DLQ) does not exist in {settings.region}: "
                 f"is stage {settings.stage!r} deployed?",
                 EXIT_UNAVAILABLE,
             ) from None
@@ -141,8 +223,7 @@ def _resolve_aws(settings: Settings) -> StageContext:
         raise CliError(f"cannot reach AWS for stage {settings.stage!r}: {exc}", EXIT_UNAVAILABLE) from None
     return StageContext(
         settings=settings,
-        queue_url=queue_url,
-        dlq_url=dlq_url,
+        lanes=_lane_queues(settings, urls),
         functions=_function_names(settings),
         database_url=settings.database.url or os.environ.get("DATABASE_URL", ""),
     )

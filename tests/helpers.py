@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -53,6 +56,17 @@ def stack_sql(stack: LocalStack, statement: str, *args: Any) -> list[tuple[Any, 
     """``sql`` on the database of a running local stack."""
     assert stack.database is not None
     return sql(stack.database.url, statement, *args)
+
+
+def post(stack: LocalStack, body: Any) -> tuple[int, Any]:
+    """POST ``body`` to the running stack's HTTP API (``/jobs``); the status and the decoded reply."""
+    req = urllib.request.Request(f"{stack.env['SLUICE_API_URL']}/jobs", data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def drop_machine_database(name: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from sluice.settings import load_settings
 from sluice.tasks import TaskModuleError, load_tasks
@@ -30,7 +31,8 @@ def check(stage: str = StageOption, as_json: bool = JsonOption) -> None:
     elif problems:
         err_console.print(f"[red]config/{stage}.yml is unsafe:[/red]")
         for p in problems:
-            err_console.print(f"  - {p}")
+            # One line per problem at any terminal width (scripts grep them), its brackets as text.
+            err_console.print(f"  - {escape(p)}", soft_wrap=True)
     else:
         console.print(f"[green]config/{stage}.yml is consistent[/green]")
     if problems:

@@ -1,4 +1,9 @@
-"""`sluice dlq list | redrive | purge`: what is in the dead-letter queue, why, and putting it back."""
+"""`sluice dlq list | redrive | purge`: what is in the dead-letter queue, why, and putting it back.
+
+Lanes: each lane has its own DLQ. ``list`` shows every lane's (``--lane`` for one); ``redrive``
+and ``purge`` act on one lane only, so a stage with several lanes needs ``--lane`` (one line,
+exit 2, naming the lanes, when it is missing): moving or deleting every lane's dead letters
+at once would surprise."""
 
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ from sluice_tools.cli.common import (
 )
 from sluice_tools.ops import dlq as dead_letters
 from sluice_tools.stage import reaching, resolve_stage
+
+LaneOption = typer.Option(None, "--lane", "-l", help="The lane whose DLQ (default: the only lane).")
+ListLaneOption = typer.Option(None, "--lane", "-l", help="One lane's DLQ (default: every lane's).")
 
 dlq_app = typer.Typer(no_args_is_help=True, help="The dead-letter queue: list, redrive, purge.")
 
@@ -59,30 +67,44 @@ def _age(seconds: float | None) -> str:
 @command
 def list_(
     limit: int = typer.Option(50, "--limit", min=1, max=1000, help="Messages to show at most."),
+    lane: str = ListLaneOption,
     stage: str = StageOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Dead letters with reason, task, key, group, attempts and age (each hidden a moment, then released)."""
-    ctx = resolve_stage(stage)
+    """Dead letters with reason, task, key, group, attempts and age (each hidden a moment, then released);
+    a stage with lanes: every lane's, each marked with its lane (--lane: one lane's)."""
+    ctx = resolve_stage(stage, lane)
+    lanes = ctx.selected(lane)
     with reaching(f"reading the DLQ of stage {stage!r}"):
-        listing = dead_letters.list_dead_letters(ctx.dlq(), limit=limit)
+        # --limit holds for the whole listing: each lane is asked only for what is still missing.
+        listings: list[tuple[str, dead_letters.Listing]] = []
+        for picked in lanes:
+            shown = sum(len(one.letters) for _, one in listings)
+            listings.append((picked.name, dead_letters.list_dead_letters(picked.dlq(), limit=max(1, limit - shown))))
+    rows = [(name, letter) for name, one in listings for letter in one.letters][:limit]
+    total = sum(one.depth for _, one in listings)
+    not_shown = max(0, total - len(rows))
+    where = f"stage {stage}" + (f", lane {lane}" if lane is not None and ctx.has_lanes else "")
     if as_json:
-        emit_json({"stage": stage, "depth": listing.depth, "shown": len(listing.letters),
-                   "not_shown": listing.not_shown, "messages": [x.to_dict() for x in listing.letters]})
+        body = {"stage": stage, "depth": total, "shown": len(rows), "not_shown": not_shown,
+                "messages": [({"lane": name} if ctx.has_lanes else {}) | x.to_dict() for name, x in rows]}
+        if ctx.has_lanes:
+            body["lanes"] = {name: one.depth for name, one in listings}
+        emit_json(body)
         return
-    if not listing.letters:
-        console.print(f"DLQ of stage {stage} is empty" if not listing.depth else
-                      f"DLQ holds about {listing.depth} message(s), all in flight now (try again shortly)")
+    if not rows:
+        console.print(f"DLQ of {where} is empty" if not total else
+                      f"DLQ holds about {total} message(s), all in flight now (try again shortly)")
         return
-    table = Table(title=f"DLQ of stage {stage}: {len(listing.letters)} shown of about {listing.depth}")
-    for name in ("reason", "task", "key", "group", "attempts", "age"):
-        table.add_column(name, overflow="fold")
-    for x in listing.letters:
-        table.add_row(x.reason, x.task, x.key, x.group, "?" if x.attempts is None else str(x.attempts),
-                      _age(x.age_s))
+    table = Table(title=f"DLQ of {where}: {len(rows)} shown of about {total}")
+    for column in (("lane",) if ctx.has_lanes else ()) + ("reason", "task", "key", "group", "attempts", "age"):
+        table.add_column(column, overflow="fold")
+    for name, x in rows:
+        table.add_row(*((name,) if ctx.has_lanes else ()), x.reason, x.task, x.key, x.group,
+                      "?" if x.attempts is None else str(x.attempts), _age(x.age_s))
     console.print(table)
-    if listing.not_shown:
-        console.print(f"{listing.not_shown} more not shown: over --limit, or queued behind a shown "
+    if not_shown:
+        console.print(f"{not_shown} more not shown: over --limit, or queued behind a shown "
                       "message of the same FIFO group")
 
 
@@ -93,6 +115,7 @@ def redrive(
     key: str = typer.Option(None, "--key", help="Only the item with this key."),
     since: str = typer.Option(None, "--since", help="Only dead-lettered since: 30m, 2h, 1d or an ISO time."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would move; change nothing."),
+    lane: str = LaneOption,
     stage: str = StageOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -103,11 +126,13 @@ def redrive(
         raise CliError("say what to redrive: --all, --key K or --since T", EXIT_USAGE)
     chosen = dead_letters.select(everything=everything, key=key,
                                  since=parse_since(since) if since is not None else None)
-    ctx = resolve_stage(stage)
+    ctx = resolve_stage(stage, lane, one_lane=True)
+    picked = ctx.lane(lane)
     with reaching(f"redriving the DLQ of stage {stage!r}"):
-        report = dead_letters.redrive(ctx.dlq(), ctx.queue(), chosen, dry_run=dry_run)
+        # A dead letter goes back to its own lane's work queue: the lane it was routed to.
+        report = dead_letters.redrive(picked.dlq(), picked.queue(), chosen, dry_run=dry_run)
     if as_json:
-        emit_json({"stage": stage, **report.to_dict()})
+        emit_json({"stage": stage, **({"lane": picked.name} if ctx.has_lanes else {}), **report.to_dict()})
     else:
         verb = "would redrive" if dry_run else "redrove"
         console.print(f"{verb} {len(report.redriven)} message(s); {report.skipped} left in the DLQ")
@@ -135,24 +160,27 @@ def redrive(
 @command
 def purge(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
+    lane: str = LaneOption,
     stage: str = StageOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Delete every message in the DLQ (asks first unless --yes)."""
-    ctx = resolve_stage(stage)
+    """Delete every message in the DLQ (asks first unless --yes); a stage with lanes: one lane's (--lane)."""
+    ctx = resolve_stage(stage, lane, one_lane=True)
+    picked = ctx.lane(lane)
+    where = f"stage {stage}" + (f", lane {picked.name}" if ctx.has_lanes else "")
     with reaching(f"reading the DLQ of stage {stage!r}"):
-        depth = dead_letters.depth(ctx.dlq())
+        depth = dead_letters.depth(picked.dlq())
     if not yes:
         if not sys.stdin.isatty():
             raise CliError("purge deletes dead letters for good: confirm with --yes", EXIT_USAGE)
-        if not typer.confirm(f"Delete about {depth} dead letter(s) of stage {stage} for good?"):
+        if not typer.confirm(f"Delete about {depth} dead letter(s) of {where} for good?"):
             raise CliError("nothing purged", EXIT_FAILED)
     with reaching(f"purging the DLQ of stage {stage!r}"):
-        count = dead_letters.purge(ctx.dlq())
+        count = dead_letters.purge(picked.dlq())
     if as_json:
-        emit_json({"stage": stage, "purged": count})
+        emit_json({"stage": stage, **({"lane": picked.name} if ctx.has_lanes else {}), "purged": count})
     else:
-        console.print(f"purged about {count} message(s) from the DLQ of stage {stage}")
+        console.print(f"purged about {count} message(s) from the DLQ of {where}")
 
 
 def register(app: typer.Typer) -> None:

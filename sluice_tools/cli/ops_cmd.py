@@ -1,4 +1,8 @@
-"""`sluice status | send | drain`: look at the queue, put work in, drain now."""
+"""`sluice status | send | drain`: look at the queue, put work in, drain now.
+
+Lanes: a stage with lanes is shown as a table over its lanes (``--lane`` for one lane's
+detail), ``send`` routes every item as the API does, and ``drain`` invokes every lane's
+consumer at once (``--lane`` for one). A config without lanes prints exactly what it always did."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import re
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,8 +23,9 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sluice.aws import FunctionInvoker, ThrottledError
+from sluice.aws import FunctionInvoker, InvokeResult, ThrottledError
 from sluice.enqueue import Enqueuer, EnqueueRequestError
+from sluice.lanes import routes_from_env
 from sluice.tasks import TaskModuleError, load_tasks
 from sluice_tools.cli.common import (
     EXIT_FAILED,
@@ -31,11 +37,13 @@ from sluice_tools.cli.common import (
     console,
     emit_json,
 )
-from sluice_tools.ops.status import Status, collect_status
-from sluice_tools.stage import StageContext, reaching, resolve_stage
+from sluice_tools.ops.status import Status, collect_lanes
+from sluice_tools.stage import LaneQueues, StageContext, reaching, resolve_stage
 
 # The CLI sends no HTTP body, so the API's body-size limit does not apply; item limits do.
 _NO_BODY_LIMIT = 1 << 40
+
+LaneOption = typer.Option(None, "--lane", "-l", help="One lane of the stage (default: every lane).")
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -74,38 +82,67 @@ def render_status(s: Status) -> Group:
     return Group(*parts)
 
 
+def render_lanes(stage: str, lanes: list[Status]) -> Group:
+    """The table over lanes: each lane's depth, in flight, DLQ, oldest age, workers vs cap, rate."""
+    table = Table(title=f"sluice {stage}: {len(lanes)} lane(s)")
+    for name in ("lane", "depth", "in flight", "DLQ", "oldest age", "workers / cap", "rate/s"):
+        table.add_column(name, justify="left" if name == "lane" else "right", no_wrap=True)
+    for s in lanes:
+        busy = "n/a" if s.workers_busy is None else str(s.workers_busy)
+        oldest = s.oldest_age_s if s.oldest_age_s is not None else s.dlq_oldest_age_s
+        table.add_row(s.lane, f"{s.queue.visible + s.queue.delayed:,}", f"{s.queue.in_flight:,}",
+                      f"{s.dlq.total:,}", _age(oldest), f"{busy} / {s.cap}",
+                      "n/a" if s.max_rate is None else f"{s.max_rate:g}", style="red" if s.dlq.total else "")
+    notes = sorted({note for s in lanes for note in s.notes})
+    return Group(table, *[f"[dim]{note}[/dim]" for note in notes])
+
+
 @command
 def status(
     watch: bool = typer.Option(False, "--watch", "-w", help="Refresh until Ctrl-C."),
     interval: float = typer.Option(2.0, "--interval", min=0.2, help="Refresh period with --watch."),
+    lane: str = LaneOption,
     stage: str = StageOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Depths (visible, in flight, delayed), oldest age, DLQ, workers busy vs cap, last drains."""
-    ctx = resolve_stage(stage)
+    """Depths (visible, in flight, delayed), oldest age, DLQ, workers busy vs cap, last drains;
+    a stage with lanes: a table over its lanes (--lane: one lane's detail)."""
+    ctx = resolve_stage(stage, lane)
+
+    def snapshot() -> list[Status]:
+        return collect_lanes(ctx, lane)
+
+    def as_dict(lanes: list[Status]) -> dict[str, Any]:
+        if not ctx.has_lanes:
+            return lanes[0].to_dict()  # a config without lanes: exactly what status always printed
+        return {"stage": ctx.stage, "lanes": [x.to_lane_dict() for x in lanes]}
+
+    def render(lanes: list[Status]) -> Group:
+        return render_status(lanes[0]) if len(lanes) == 1 else render_lanes(ctx.stage, lanes)
+
     with reaching(f"reading the queues of stage {stage!r}"):
-        snapshot = collect_status(ctx)
+        taken = snapshot()
         if as_json and not watch:
-            emit_json(snapshot.to_dict())
+            emit_json(as_dict(taken))
             return
         if not watch:
-            console.print(render_status(snapshot))
+            console.print(render(taken))
             return
         try:
             if as_json:
                 # One JSON document per snapshot and nothing else (no table), each flushed as it is
                 # taken, so a reader on a pipe sees it at once.
                 while True:
-                    emit_json(snapshot.to_dict())
+                    emit_json(as_dict(taken))
                     sys.stdout.flush()
                     time.sleep(interval)  # the refresh period, not a wait for a condition
-                    snapshot = collect_status(ctx)
-            with Live(render_status(snapshot), console=console, refresh_per_second=4) as live:
+                    taken = snapshot()
+            with Live(render(taken), console=console, refresh_per_second=4) as live:
                 while True:
                     # A screen refresh period, not a wait for a condition.
                     time.sleep(interval)
-                    snapshot = collect_status(ctx)
-                    live.update(render_status(snapshot))
+                    taken = snapshot()
+                    live.update(render(taken))
         except KeyboardInterrupt:
             return
 
@@ -152,6 +189,10 @@ def _enqueuer(ctx: StageContext) -> Enqueuer:
         load_tasks(t.module for t in s.tasks)
     except TaskModuleError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    if ctx.has_lanes:
+        # Every lane's route, as the stage's enqueuer function gets them: items route as over the API.
+        return Enqueuer(None, max_items=s.enqueuer.max_items, max_body_bytes=_NO_BODY_LIMIT,
+                        lanes=routes_from_env(ctx.routes()))
     return Enqueuer(ctx.queue(), groups=s.queue.groups, max_items=s.enqueuer.max_items,
                     max_body_bytes=_NO_BODY_LIMIT, max_tps=s.queue.max_tps)
 
@@ -210,7 +251,7 @@ def send(
     with reaching(f"reaching the queue of stage {stage!r}"):
         # One cheap call first: a queue that cannot be reached at all (a stopped stack, no network)
         # is one line and exit 3, not every item reported as "not enqueued".
-        ctx.queue().attributes(["QueueArn"])
+        ctx.lanes[0].queue().attributes(["QueueArn"])
     rows: list[dict[str, Any]] = []
     failed = 0
     progress = Progress(TextColumn("enqueue"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -227,9 +268,16 @@ def send(
         emit_json({"stage": stage, "accepted": accepted, "failed": failed, "items": rows})
     elif len(items) == 1 and not failed:
         row = rows[0]
-        console.print(f"enqueued {row['key']} (group {row['group']}, message {row['message_id']})")
+        lane_note = f"lane {row['lane']}, " if ctx.has_lanes else ""
+        console.print(f"enqueued {row['key']} ({lane_note}group {row['group']}, message {row['message_id']})")
     else:
         console.print(f"enqueued {accepted:,} of {len(items):,} item(s)")
+        if ctx.has_lanes:
+            per_lane: dict[str, int] = {}
+            for row in rows:
+                if "error" not in row:
+                    per_lane[row["lane"]] = per_lane.get(row["lane"], 0) + 1
+            console.print("  " + ", ".join(f"{name} {n:,}" for name, n in per_lane.items()))
         for row in [r for r in rows if "error" in r][:20]:
             console.print(f"  [red]not enqueued[/red] {row['key']}: {row['error']} (safe to resend)")
     if failed:
@@ -247,27 +295,58 @@ def scheduled_event(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-@command
-def drain(stage: str = StageOption, as_json: bool = JsonOption) -> None:
-    """Invoke the consumer now (as its schedule would) and print its drain report."""
-    ctx = resolve_stage(stage)
-    invoker = FunctionInvoker(ctx.function("consumer"), ctx.settings.drain.timeout_s)
-    with reaching(f"invoking the consumer of stage {stage!r}"):
+def _drain_lane(ctx: StageContext, lane: LaneQueues) -> InvokeResult:
+    """Invoke one lane's consumer now; a busy or failed consumer is a CliError naming the lane."""
+    which = f"the consumer of lane {lane.name}" if ctx.has_lanes else "the consumer"
+    invoker = FunctionInvoker(lane.consumer, lane.lane.drain.timeout_s)
+    with reaching(f"invoking {which} of stage {ctx.stage!r}"):
         try:
             result = invoker.invoke(scheduled_event(ctx))
         except ThrottledError:
-            raise CliError("a drain is already running (the consumer's concurrency is used up); "
+            raise CliError(f"a drain is already running ({which}'s concurrency is used up); "
                            "try again when it returns", EXIT_FAILED) from None
     if result.function_error:
         detail = result.payload.get("errorMessage") if isinstance(result.payload, dict) else result.payload
-        raise CliError(f"the consumer failed ({result.function_error}): {detail}", EXIT_FAILED)
-    report = result.payload if isinstance(result.payload, dict) else {"reply": result.payload}
-    if as_json:
-        emit_json({"stage": stage, "report": report, "ms": round(result.duration_ms)})
+        raise CliError(f"{which} failed ({result.function_error}): {detail}", EXIT_FAILED)
+    return result
+
+
+def _report(result: InvokeResult) -> dict[str, Any]:
+    return result.payload if isinstance(result.payload, dict) else {"reply": result.payload}
+
+
+@command
+def drain(lane: str = LaneOption, stage: str = StageOption, as_json: bool = JsonOption) -> None:
+    """Invoke the consumer now (as its schedule would) and print its drain report; a stage with
+    lanes: every lane's consumer at once (--lane: one)."""
+    ctx = resolve_stage(stage, lane)
+    if not ctx.has_lanes:
+        result = _drain_lane(ctx, ctx.lane())
+        report = _report(result)
+        if as_json:
+            emit_json({"stage": stage, "report": report, "ms": round(result.duration_ms)})
+            return
+        table = Table(title=f"drain report ({result.duration_ms:,.0f} ms)", show_header=False)
+        for name, value in report.items():
+            table.add_row(name, str(value))
+        console.print(table)
         return
-    table = Table(title=f"drain report ({result.duration_ms:,.0f} ms)", show_header=False)
-    for name, value in report.items():
-        table.add_row(name, str(value))
+    lanes = ctx.selected(lane)
+    # The lanes' consumers are independent (as their schedules are): all drain at once.
+    with ThreadPoolExecutor(max_workers=len(lanes)) as pool:
+        futures = [pool.submit(_drain_lane, ctx, x) for x in lanes]
+    results = [f.result() for f in futures]  # the first lane's CliError, if any, ends the command
+    if as_json:
+        emit_json({"stage": stage, "lanes": [{"lane": x.name, "report": _report(r), "ms": round(r.duration_ms)}
+                                             for x, r in zip(lanes, results, strict=True)]})
+        return
+    fields = ("received", "succeeded", "dead_lettered", "retried", "throttled", "stopped_because")
+    table = Table(title=f"drain reports, stage {stage}")
+    for name in ("lane", *fields, "ms"):
+        table.add_column(name, no_wrap=True)
+    for x, r in zip(lanes, results, strict=True):
+        report = _report(r)
+        table.add_row(x.name, *(str(report.get(f, "")) for f in fields), f"{r.duration_ms:,.0f}")
     console.print(table)
 
 

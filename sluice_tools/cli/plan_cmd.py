@@ -1,4 +1,9 @@
-"""`sluice plan`: capacity and cost of a daily volume (no AWS call; settings + price table)."""
+"""`sluice plan`: capacity and cost of a daily volume (no AWS call; settings + price table).
+
+A stage with lanes: one line per lane (its drain rate, what binds it, what breaks first, its
+cost), each lane taking ``--items-per-day`` of its own, and the account's line (every lane's
+reserved concurrency and consumers vs ``account_concurrency``); ``--lane`` gives one lane's
+whole plan."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from rich.table import Table
 
 from sluice.settings import load_settings
 from sluice_tools.cli.common import EXIT_USAGE, CliError, JsonOption, StageOption, command, console, emit_json
-from sluice_tools.ops.plan import PlanError, inputs_from_settings, make_plan
+from sluice_tools.ops.plan import AccountPlan, PlanError, account_plan, inputs_from_settings, make_plan
 from sluice_tools.ops.prices import PRICES_READ_ON, PRICES_REGION
 
 
@@ -37,6 +42,8 @@ def plan(
     db_max_connections: int = typer.Option(None, "--db-max-connections", help="DB max_connections."),
     account_concurrency: int = typer.Option(None, "--account-concurrency", help="Lambda concurrency quota."),
     fifo_tps: int = typer.Option(None, "--fifo-tps", help="FIFO transactions/s per API action, default 300."),
+    lane: str = typer.Option(None, "--lane", "-l", help="One lane's whole plan (default: every lane, and "
+                             "the account)."),
     stage: str = StageOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -49,16 +56,26 @@ def plan(
         if not math.isfinite(value):
             raise CliError(f"{flag} must be a finite number, not {value}", EXIT_USAGE)
     try:
-        result = make_plan(inputs_from_settings(
-            settings, items_per_day, worker_ms, batch_size=batch_size, fill=fill, cap=cap,
-            items_per_request=items_per_request, payload_kb=payload_kb, dead_letter_rate=dead_letter_rate,
-            within_hours=within_hours, invoke_overhead_ms=invoke_overhead_ms,
-            db_max_connections=db_max_connections, account_concurrency=account_concurrency, fifo_tps=fifo_tps,
-        ))
+        lanes = settings.resolved_lanes()
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    picked = settings.lane(lane) if lane is not None else None  # a bad name: one line, exit 2
+    overrides = {"batch_size": batch_size, "fill": fill, "cap": cap, "items_per_request": items_per_request,
+                 "payload_kb": payload_kb, "dead_letter_rate": dead_letter_rate, "within_hours": within_hours,
+                 "invoke_overhead_ms": invoke_overhead_ms, "db_max_connections": db_max_connections,
+                 "fifo_tps": fifo_tps}
+    try:
+        if picked is None and not lanes[0].implicit:
+            _print_lanes(stage, account_plan(settings, items_per_day, worker_ms, account_concurrency,
+                                             **overrides), as_json)
+            return
+        result = make_plan(inputs_from_settings(settings, items_per_day, worker_ms, lane=picked,
+                                                account_concurrency=account_concurrency, **overrides))
     except PlanError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     if as_json:
-        emit_json({"stage": stage, **result.to_dict()})
+        emit_json({"stage": stage, **({"lane": picked.name} if picked and not picked.implicit else {}),
+                   **result.to_dict()})
         return
     i = result.inputs
     console.print(f"[bold]Plan for {i.items_per_day:,} items/day at {i.worker_ms:g} ms/item[/bold] "
@@ -96,6 +113,26 @@ def plan(
     first = result.breaks_first
     verdict = "BROKEN" if first.broken else "breaks first"
     console.print(f"{verdict}: [bold]{first.name}[/bold] at {first.ratio:.0%} of its limit")
+
+
+def _print_lanes(stage: str, plan: AccountPlan, as_json: bool) -> None:
+    """Every lane's plan in one line each, then the account's reservation."""
+    if as_json:
+        emit_json({"stage": stage, **plan.to_dict()})
+        return
+    table = Table(title=f"Plan per lane, stage {stage} (each lane its own items/day)")
+    for name in ("lane", "cap", "drain items/s", "bound by", "wall time", "breaks first", "%", "$/M items"):
+        table.add_column(name, no_wrap=name in ("lane", "cap"))
+    for name, result in plan.lanes:
+        first = result.breaks_first
+        table.add_row(name, str(result.inputs.cap), f"{result.drain_rate:,.1f}", result.drain_bound_by,
+                      _duration(result.wall_time_s), first.name, f"{first.ratio:.0%}",
+                      f"{result.usd_per_million_items:.4f}", style="red" if first.broken else "")
+    console.print(table)
+    verdict = "BROKEN" if plan.broken else "ok"
+    console.print(f"account: the lanes reserve {plan.reserved} concurrent executions (caps + consumers + "
+                  f"migrate) of {plan.reservable} reservable (account_concurrency {plan.account_concurrency} "
+                  f"less 100 unreserved): {verdict}", style="red" if plan.broken else "")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,13 @@
 the aws CLI and the mysql client read it (``set -a; . .sluice/local.env``) so they all reach
 the same stack. The file is plain ``KEY=value`` lines, shell-sourceable, values never quoted
 (none of them contains spaces).
+
+Queues: a config without lanes has one queue, ``SLUICE_QUEUE_URL`` and ``SLUICE_DLQ_URL``, as
+always. A config with lanes has no single queue, so instead every lane has its pair,
+``SLUICE_QUEUE_URL_<LANE>`` and ``SLUICE_DLQ_URL_<LANE>`` (``lane_queue_keys``: the lane's name
+upper-cased with ``-`` as ``_``, e.g. ``SLUICE_QUEUE_URL_VENDOR_A``), one plain variable each so a
+shell script or curl reads them without parsing JSON. Lane names are lower-case letters, digits
+and ``-`` only, so the mapping is one to one.
 """
 
 from __future__ import annotations
@@ -97,6 +104,12 @@ def read_local_env(path: Path = LOCAL_ENV) -> dict[str, str]:
         key, _, value = line.partition("=")
         values[key.strip()] = value.strip()
     return values
+
+
+def lane_queue_keys(lane: str) -> tuple[str, str]:
+    """local.env's keys of one lane's queue URL and DLQ URL."""
+    suffix = lane.upper().replace("-", "_")
+    return f"SLUICE_QUEUE_URL_{suffix}", f"SLUICE_DLQ_URL_{suffix}"
 
 
 def remove_local_env(path: Path = LOCAL_ENV) -> None:

@@ -4,6 +4,9 @@ moto cannot run Lambda code without Docker, so the local stack serves Invoke its
 `POST /2015-03-31/functions/{name}/invocations` (RequestResponse, Event, DryRun), reserved
 concurrency (429 TooManyRequestsException above it), enforced timeouts, warm process reuse,
 and `GET /sluice/stats` / `POST /sluice/stats/reset` for the demo, bench and chaos suites.
+It also answers what the aws CLI asks about functions (shapes in ``function_config``):
+`GET /2015-03-31/functions` (ListFunctions), `GET /2015-03-31/functions/{name}` (GetFunction)
+and `GET /2015-03-31/functions/{name}/configuration` (GetFunctionConfiguration).
 
 Embed it with `LambdaService(functions, log_dir=...).start()`, or run it as a process:
 `python -m sluice_tools.local.lambda_service --spec spec.json` (see `load_spec` for the format).
@@ -26,11 +29,14 @@ import time
 import urllib.parse
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import IO, Any
 
+from sluice_tools.local.function_config import ListFunctionsError, get_function, list_functions
+from sluice_tools.local.function_config import function_configuration as configuration_of
 from sluice_tools.local.http_reply import json_reply, send_reply
 from sluice_tools.local.runtime_api import (
     LOOPBACK,
@@ -260,6 +266,8 @@ class LambdaService:
         self._server: _InvokeServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # Every function is "last modified" when the service that defines it was made.
+        self.created = datetime.now(UTC)
 
     @property
     def url(self) -> str:
@@ -344,12 +352,55 @@ class _InvokeHandler(BaseHTTPRequestHandler):
         """Quiet: the stats endpoint and the function logs say what happened."""
 
     def do_GET(self) -> None:  # noqa: N802
-        if urllib.parse.urlsplit(self.path).path == "/sluice/stats":
-            stats = self.server.service.stats()
+        parts = urllib.parse.urlsplit(self.path)
+        service = self.server.service
+        if parts.path == "/sluice/stats":
+            stats = service.stats()
             self._json(HTTPStatus.OK, {name: s.as_dict() for name, s in stats.items()})
+        elif parts.path.rstrip("/") == INVOKE_PREFIX.rstrip("/"):
+            query = urllib.parse.parse_qs(parts.query)
+            try:
+                reply = list_functions(list(service.definitions.values()), service.region, service.created,
+                                       query.get("Marker", [None])[0], query.get("MaxItems", [None])[0])
+            except ListFunctionsError as exc:
+                self._aws_error(HTTPStatus.BAD_REQUEST, "InvalidParameterValueException", str(exc))
+                return
+            self._json(HTTPStatus.OK, reply)
+        elif parts.path.startswith(INVOKE_PREFIX):
+            self._describe(parts.path[len(INVOKE_PREFIX):], parts.query)
         else:
             self._aws_error(HTTPStatus.NOT_FOUND, "UnknownOperationException",
                             f"no route for GET {self.path}")
+
+    def _describe(self, rest: str, query: str) -> None:
+        """GetFunction (``{name}``) or GetFunctionConfiguration (``{name}/configuration``)."""
+        service = self.server.service
+        raw_name, _, what = rest.partition("/")
+        if what not in ("", "configuration"):
+            self._aws_error(HTTPStatus.NOT_FOUND, "UnknownOperationException",
+                            f"no route for GET {INVOKE_PREFIX}{rest}")
+            return
+        definition = self._definition(raw_name, query)
+        if definition is None:
+            return
+        if what == "configuration":
+            self._json(HTTPStatus.OK, configuration_of(definition, service.region, service.created))
+        else:
+            self._json(HTTPStatus.OK, get_function(definition, service.region, service.created))
+
+    def _definition(self, raw_name: str, query: str) -> FunctionDefinition | None:
+        """The function a path names (by name, partial or full ARN, optionally qualified), or
+        None after answering Lambda's 404. Only $LATEST exists locally: no versions, no aliases."""
+        service = self.server.service
+        name, qualifier = _function_name(raw_name)
+        qualifier = urllib.parse.parse_qs(query).get("Qualifier", [None])[0] or qualifier
+        definition = service.definitions.get(name)
+        if definition is None or qualifier not in (None, "$LATEST"):
+            arn = f"arn:aws:lambda:{service.region}:123456789012:function:{name}"
+            self._aws_error(HTTPStatus.NOT_FOUND, "ResourceNotFoundException",
+                            f"Function not found: {arn}" + (f":{qualifier}" if qualifier else ""))
+            return None
+        return definition
 
     def do_POST(self) -> None:  # noqa: N802
         length = int(self.headers.get("Content-Length") or 0)
@@ -368,19 +419,12 @@ class _InvokeHandler(BaseHTTPRequestHandler):
             self._aws_error(HTTPStatus.NOT_FOUND, "UnknownOperationException",
                             f"no route for POST {parts.path}")
             return
-        raw_name = parts.path[len(INVOKE_PREFIX):-len("/invocations")]
-        qualifier = urllib.parse.parse_qs(parts.query).get("Qualifier", [None])[0]
-        self._invoke(raw_name, qualifier, body)
+        self._invoke(parts.path[len(INVOKE_PREFIX):-len("/invocations")], parts.query, body)
 
-    def _invoke(self, raw_name: str, query_qualifier: str | None, body: bytes) -> None:
-        service = self.server.service
-        name, qualifier = _function_name(raw_name)
-        qualifier = query_qualifier or qualifier
-        pool = service.pool(name)
-        if pool is None or qualifier not in (None, "$LATEST"):
-            arn = f"arn:aws:lambda:{service.region}:123456789012:function:{name}"
-            self._aws_error(HTTPStatus.NOT_FOUND, "ResourceNotFoundException",
-                            f"Function not found: {arn}" + (f":{qualifier}" if qualifier else ""))
+    def _invoke(self, raw_name: str, query: str, body: bytes) -> None:
+        definition = self._definition(raw_name, query)
+        pool = self.server.service.pool(definition.name) if definition is not None else None
+        if pool is None:
             return
         kind = self.headers.get("X-Amz-Invocation-Type") or "RequestResponse"
         if kind not in ("RequestResponse", "Event", "DryRun"):

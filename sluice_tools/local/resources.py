@@ -2,8 +2,10 @@
 
 ``create_queues`` builds the FIFO queue and its FIFO dead-letter queue with the attributes
 infra/ gives them on AWS (visibility timeout, retention, redrive after max_receive_count,
-DLQ retention); ``create_db_secret`` stores the database credentials in Secrets Manager in
-the shape RDS uses, so the worker reads them locally exactly as it does on AWS;
+DLQ retention), ``create_lane_queues`` the same pair for every lane (each from its lane's
+``queue`` settings: ``<queue.name>-<lane>.fifo`` and ``<queue.name>-<lane>-dlq.fifo``);
+``create_db_secret`` stores the database credentials in Secrets Manager in the shape RDS
+uses, so the worker reads them locally exactly as it does on AWS;
 ``create_vendor_secret`` stores the stand-in vendor API's token the same way.
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sluice.db import DbCredentials
-from sluice.settings import Settings
+from sluice.settings import QueueSettings, Settings
 
 
 class ResourceError(RuntimeError):
@@ -31,8 +33,8 @@ class QueueUrls:
     dlq_arn: str
 
 
-def queue_attributes(settings: Settings, dlq_arn: str) -> dict[str, str]:
-    q = settings.queue
+def queue_attributes(settings: Settings | QueueSettings, dlq_arn: str) -> dict[str, str]:
+    q = settings.queue if isinstance(settings, Settings) else settings
     return {
         "FifoQueue": "true",
         "VisibilityTimeout": str(q.visibility_s),
@@ -41,20 +43,28 @@ def queue_attributes(settings: Settings, dlq_arn: str) -> dict[str, str]:
     }
 
 
-def dlq_attributes(settings: Settings) -> dict[str, str]:
-    return {"FifoQueue": "true", "MessageRetentionPeriod": str(settings.queue.dlq_retention_days * 86400)}
+def dlq_attributes(settings: Settings | QueueSettings) -> dict[str, str]:
+    q = settings.queue if isinstance(settings, Settings) else settings
+    return {"FifoQueue": "true", "MessageRetentionPeriod": str(q.dlq_retention_days * 86400)}
 
 
-def create_queues(sqs_client: Any, settings: Settings) -> QueueUrls:
-    """Create (or find, idempotently) the FIFO queue and its FIFO DLQ named by ``settings.queue``."""
-    q = settings.queue
+def create_queues(sqs_client: Any, settings: Settings | QueueSettings) -> QueueUrls:
+    """Create (or find, idempotently) the FIFO queue and its FIFO DLQ named by ``settings.queue``
+    (or by one lane's resolved queue settings)."""
+    q = settings.queue if isinstance(settings, Settings) else settings
     try:
-        dlq_url = _create(sqs_client, q.dlq_fifo_name, dlq_attributes(settings))
+        dlq_url = _create(sqs_client, q.dlq_fifo_name, dlq_attributes(q))
         dlq_arn = _arn(sqs_client, dlq_url)
-        url = _create(sqs_client, q.fifo_name, queue_attributes(settings, dlq_arn))
+        url = _create(sqs_client, q.fifo_name, queue_attributes(q, dlq_arn))
         return QueueUrls(url=url, arn=_arn(sqs_client, url), dlq_url=dlq_url, dlq_arn=dlq_arn)
     except (ClientError, BotoCoreError) as exc:
         raise ResourceError(f"cannot create the queues {q.fifo_name} / {q.dlq_fifo_name}: {exc}") from exc
+
+
+def create_lane_queues(sqs_client: Any, settings: Settings) -> dict[str, QueueUrls]:
+    """Every lane's queue and DLQ, by lane name, in routing order (a config without lanes: its
+    one lane, ``default``, with today's names)."""
+    return {lane.name: create_queues(sqs_client, lane.queue) for lane in settings.resolved_lanes()}
 
 
 def _create(sqs_client: Any, name: str, attributes: dict[str, str]) -> str:

@@ -4,7 +4,13 @@ Servers it starts, all on 127.0.0.1: a moto server (Secrets Manager and the rest
 server (fauxqs by default; moto, or any URL), MariaDB (found or private), the Lambda service
 running the functions of ``sluice_tools.functions.function_table``, the HTTP API in front of the
 enqueuer, the schedule for the consumers and the stand-in vendor API (``local.vendors``; its
-token in the secret ``<service>/<stage>/tasks/vendor``). Once everything answers it writes
+token in the secret ``<service>/<stage>/tasks/vendor``).
+
+Lanes (DESIGN.md section 11): every lane gets its queue and DLQ (from its own ``queue``
+settings), its consumer and worker (each with its lane's environment, ``Settings.runtime_env(
+lane=...)``) and a schedule of its own (``drain.consumers`` invokes per tick, every
+``local.tick_s``); the enqueuer gets every lane's route and queue URL in ``SLUICE_LANES``.
+local.env names each lane's queues as ``env.lane_queue_keys`` says. Once everything answers it writes
 ``.sluice/local.env`` and a state file with every child pid, so `sluice local down` can stop
 the stack, and clean up after it even if the stack process itself was killed.
 """
@@ -16,6 +22,7 @@ import json
 import os
 import secrets
 import signal
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +31,13 @@ import boto3
 
 from sluice.db import DbCredentials
 from sluice.migrations import configured_sources
-from sluice.settings import PROJECT_ROOT, Settings
-from sluice_tools.functions import function_table
+from sluice.settings import PROJECT_ROOT, Lane, Settings
+from sluice_tools.functions import FunctionSpec, function_table
 from sluice_tools.local.env import (
     DUMMY_ACCESS_KEY_ID,
     DUMMY_SECRET_ACCESS_KEY,
     LOCAL_DIR,
+    lane_queue_keys,
     write_local_env,
 )
 from sluice_tools.local.fauxqs import FauxqsServer
@@ -38,7 +46,7 @@ from sluice_tools.local.lambda_service import FunctionDefinition, LambdaService,
 from sluice_tools.local.mariadb import LocalDatabase, find_database
 from sluice_tools.local.moto_server import MotoServer
 from sluice_tools.local.processes import LocalServiceError, choose_port
-from sluice_tools.local.resources import QueueUrls, create_db_secret, create_queues, create_vendor_secret
+from sluice_tools.local.resources import QueueUrls, create_db_secret, create_lane_queues, create_vendor_secret
 from sluice_tools.local.scheduler import ACCOUNT_ID, Scheduler
 from sluice_tools.local.vendor_api import VendorApi, configured_vendors
 
@@ -104,8 +112,9 @@ class LocalStack:
     lambdas: LambdaService | None = field(default=None, init=False)
     api: HttpApi | None = field(default=None, init=False)
     vendors: VendorApi | None = field(default=None, init=False)
-    scheduler: Scheduler | None = field(default=None, init=False)
-    queues: QueueUrls | None = field(default=None, init=False)
+    schedulers: dict[str, Scheduler] = field(default_factory=dict, init=False)  # by lane
+    lane_queues: dict[str, QueueUrls] = field(default_factory=dict, init=False)  # by lane, routing order
+    queues: QueueUrls | None = field(default=None, init=False)  # the first lane's (a config without lanes: the queue)
     env: dict[str, str] = field(default_factory=dict, init=False)
     sqs_url: str = field(default="", init=False)
 
@@ -116,14 +125,25 @@ class LocalStack:
 
     # -- names ---------------------------------------------------------------------------------
 
-    def function_definitions(self, environment: dict[str, str]) -> list[FunctionDefinition]:
+    def function_definitions(
+        self, environment: Mapping[str, str] | Callable[[FunctionSpec], Mapping[str, str]],
+    ) -> list[FunctionDefinition]:
         """The functions this stack runs: the function table (the source serverless.yml agrees
-        with, see tests/infra) under their deployed names, each with ``environment``."""
+        with, see tests/infra) under their deployed names, each with ``environment`` (one for
+        all, or a function of the spec: each lane's consumer and worker get their lane's)."""
         return [
-            FunctionDefinition.from_spec(spec, name=self.function_name(key), environment=environment,
-                                         cwd=str(PROJECT_ROOT))
+            FunctionDefinition.from_spec(
+                spec, name=self.function_name(key), cwd=str(PROJECT_ROOT),
+                environment=dict(environment(spec) if callable(environment) else environment))
             for key, spec in function_table(self.settings).items()
         ]
+
+    def lane_env(self, lane: Lane, db_secret_id: str, routes: str = "") -> dict[str, str]:
+        """The runtime environment of ``lane``'s functions: its own queues, worker and settings."""
+        queues = self.lane_queues[lane.name]
+        return self.settings.runtime_env(
+            queue_url=queues.url, dlq_url=queues.dlq_url, queue_arn=queues.arn, lane=lane, routes=routes,
+            worker_function=self.function_name(lane.function_key("worker")), db_secret_id=db_secret_id)
 
     def function_name(self, key: str) -> str:
         return self.settings.function_name(key)
@@ -179,7 +199,9 @@ class LocalStack:
         self._write_state()
         aws = {"region_name": self.region, "aws_access_key_id": DUMMY_ACCESS_KEY_ID,
                "aws_secret_access_key": DUMMY_SECRET_ACCESS_KEY}
-        self.queues = create_queues(boto3.client("sqs", endpoint_url=self.sqs_url, **aws), self.settings)
+        self.lane_queues = create_lane_queues(boto3.client("sqs", endpoint_url=self.sqs_url, **aws), self.settings)
+        lanes = self.settings.resolved_lanes()
+        self.queues = self.lane_queues[lanes[0].name]
         secrets_client = boto3.client("secretsmanager", endpoint_url=moto_url, **aws)
         secret_arn = create_db_secret(secrets_client, self.settings, self.database.url)
         # The vendor's token is made per run: the task reads it from the secret, as it would on AWS.
@@ -199,10 +221,7 @@ class LocalStack:
             "AWS_ACCESS_KEY_ID": DUMMY_ACCESS_KEY_ID,
             "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET_ACCESS_KEY,
         }
-        function_env = {
-            **self.settings.runtime_env(queue_url=self.queues.url, dlq_url=self.queues.dlq_url,
-                                        queue_arn=self.queues.arn, worker_function=self.function_name("worker"),
-                                        db_secret_id=secret_arn),
+        common_env = {
             # An RDS secret always has a password; the machine's root may not, so the URL (which wins
             # over the secret in the handlers) is passed too. The secret is still made and valid.
             "DATABASE_URL": self.database.url,
@@ -211,8 +230,19 @@ class LocalStack:
             **vendor_env,
             **self.extra_function_env,
         }
-        function_env.pop("AWS_SESSION_TOKEN", None)
-        self.lambdas = LambdaService(self.function_definitions(function_env), port=lambda_port,
+        common_env.pop("AWS_SESSION_TOKEN", None)
+        by_lane = {lane.name: lane for lane in lanes}
+        routes = self.settings.lanes_env({name: q.url for name, q in self.lane_queues.items()})
+
+        def environment(spec: FunctionSpec) -> dict[str, str]:
+            # A lane's consumer and worker get their lane's; the enqueuer every lane's routes; the
+            # stage-wide migrate the first lane's (it touches no queue).
+            if spec.lane is not None:
+                return {**self.lane_env(by_lane[spec.lane], secret_arn), **common_env}
+            return {**self.lane_env(lanes[0], secret_arn, routes if spec.role == "enqueuer" else ""),
+                    **common_env}
+
+        self.lambdas = LambdaService(self.function_definitions(environment), port=lambda_port,
                                      log_dir=self.logs_dir, region=self.region)
         try:
             self.lambdas.start()
@@ -223,36 +253,39 @@ class LocalStack:
                                           self.region),
                            port=self.api_port, openapi_path=PROJECT_ROOT / "docs" / "openapi.yaml")
         api_url = self.api.start()
-        consumer = function_table(self.settings)["consumer"]
-        self.scheduler = Scheduler(
-            lambda_invoker(self.function_name("consumer"), lambda_url, consumer.timeout_s, self.region),
-            consumers=self.settings.drain.consumers,
-            tick_s=self.tick_s if self.tick_s is not None else self.settings.local.tick_s,
-            rule_arn=f"arn:aws:events:{self.region}:{ACCOUNT_ID}:rule/{self.function_name('consumer')}-schedule",
-            region=self.region,
-        )
+        table = function_table(self.settings)
+        for lane in lanes:
+            # Each lane its own schedule, as each lane's consumer has its own rule on AWS.
+            consumer = self.function_name(lane.function_key("consumer"))
+            self.schedulers[lane.name] = Scheduler(
+                lambda_invoker(consumer, lambda_url, table[lane.function_key("consumer")].timeout_s, self.region),
+                consumers=lane.drain.consumers,
+                tick_s=self.tick_s if self.tick_s is not None else self.settings.local.tick_s,
+                rule_arn=f"arn:aws:events:{self.region}:{ACCOUNT_ID}:rule/{consumer}-schedule",
+                region=self.region,
+            )
         self.env = {
             **endpoints,
             "SLUICE_API_URL": api_url,
             **vendor_env,
             "DATABASE_URL": self.database.url,
             **DbCredentials.from_url(self.database.url).client_env(),
-            "SLUICE_QUEUE_URL": self.queues.url,
-            "SLUICE_DLQ_URL": self.queues.dlq_url,
+            **self._queue_env(lanes),
             "SLUICE_LAMBDA_STATS_URL": f"{lambda_url}/sluice/stats",
             "SLUICE_STAGE": self.settings.stage,
             "SLUICE_STACK_PID": str(os.getpid()),
         }
         if self.schedule:
-            self.scheduler.start()
+            for scheduler in self.schedulers.values():
+                scheduler.start()
         self._write_state()
         if self.write_env:
             write_local_env(self.env, self.local_dir / "local.env")
 
     def stop(self) -> None:
         """Stop everything this stack started, last started first; safe to call twice."""
-        if self.scheduler is not None:
-            self.scheduler.stop()
+        for scheduler in self.schedulers.values():
+            scheduler.stop()
         if self.api is not None:
             self.api.stop()
         if self.lambdas is not None:
@@ -277,6 +310,18 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _queue_env(self, lanes: list[Lane]) -> dict[str, str]:
+        """local.env's queue URLs: the one queue of a config without lanes, else each lane's pair."""
+        if lanes[0].implicit:
+            queues = self.lane_queues[lanes[0].name]
+            return {"SLUICE_QUEUE_URL": queues.url, "SLUICE_DLQ_URL": queues.dlq_url}
+        env: dict[str, str] = {}
+        for lane in lanes:
+            queue_key, dlq_key = lane_queue_keys(lane.name)
+            env[queue_key] = self.lane_queues[lane.name].url
+            env[dlq_key] = self.lane_queues[lane.name].dlq_url
+        return env
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -315,9 +360,27 @@ class LocalStack:
             "vendor_url": self.env.get("SLUICE_VENDOR_URL", ""),
             "lambda_url": self.env.get("AWS_ENDPOINT_URL_LAMBDA", ""),
             "queues": {"url": self.queues.url, "dlq_url": self.queues.dlq_url} if self.queues else {},
+            "lanes": {name: {"url": q.url, "dlq_url": q.dlq_url} for name, q in self.lane_queues.items()},
             "functions": functions,
-            "schedule": self.scheduler.stats() if self.scheduler else {},
+            "schedule": _summed_schedule([s.stats() for s in self.schedulers.values()]),
+            "schedules": {name: s.stats() for name, s in self.schedulers.items()},
         }
+
+
+def _summed_schedule(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every lane's schedule counters added up (a config without lanes: its one schedule's)."""
+    if len(stats) == 1:
+        return stats[0]
+    total: dict[str, Any] = {}
+    for one in stats:
+        for key, value in one.items():
+            if key == "recent_reports":
+                total[key] = total.get(key, []) + list(value)
+            elif key == "last_error":
+                total[key] = value or total.get(key, "")
+            else:
+                total[key] = total.get(key, 0) + value
+    return total
 
 
 def stop_stack(local_dir: Path = LOCAL_DIR, timeout_s: float = 30.0) -> str:

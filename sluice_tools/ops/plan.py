@@ -25,6 +25,10 @@ The model, in the words a reviewer can check by hand (tests/functional/test_plan
   invocations; GB-s: workers
   ``items * worker_ms``, consumers while they drain plus ``wait_s`` per idle tick, enqueuer
   ``enqueuer_ms`` per request.
+* Lanes: each lane is planned on its own settings (its cap, rate, consumers, schedule, worker),
+  since lanes never borrow each other's capacity; ``account_plan`` adds up what every lane
+  reserves (each lane's worker reserved concurrency and consumers, plus the migrate function)
+  against the account's ``account_concurrency`` less the 100 AWS keeps unreserved.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sluice.settings import Settings
+from sluice.settings import UNRESERVED_MINIMUM, Lane, Settings
 from sluice_tools.ops.prices import PRICES_READ_ON, PRICES_REGION, price
 
 SECONDS_PER_DAY = 86_400
@@ -210,10 +214,12 @@ def schedule_interval_s(expression: str) -> float:
 
 
 def inputs_from_settings(
-    settings: Settings, items_per_day: int, worker_ms: float, **overrides: Any
+    settings: Settings, items_per_day: int, worker_ms: float, lane: Lane | None = None, **overrides: Any
 ) -> PlanInputs:
-    """Plan inputs taken from a stage's settings, with explicit overrides (None = keep)."""
-    d, w = settings.drain, settings.worker
+    """Plan inputs taken from a stage's settings (or one of its lanes'), with explicit overrides
+    (None = keep)."""
+    d, w = (lane.drain, lane.worker) if lane is not None else (settings.drain, settings.worker)
+    q = lane.queue if lane is not None else settings.queue
     base: dict[str, Any] = {
         "items_per_day": items_per_day,
         "worker_ms": worker_ms,
@@ -229,11 +235,48 @@ def inputs_from_settings(
         "consumer_memory_mb": d.memory_mb,
         "enqueuer_memory_mb": settings.enqueuer.memory_mb,
         "items_per_request": min(100, settings.enqueuer.max_items),
-        "enqueue_max_tps": settings.queue.max_tps,
+        "enqueue_max_tps": q.max_tps,
         "reserved_concurrency": w.reserved_concurrency,
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     return PlanInputs(**base)
+
+
+@dataclass(frozen=True)
+class AccountPlan:
+    """Every lane's plan and what the lanes reserve together out of the account's concurrency."""
+
+    lanes: list[tuple[str, Plan]]
+    reserved: int  # every lane's worker reserved concurrency + consumers, plus migrate's 1
+    account_concurrency: int
+
+    @property
+    def reservable(self) -> int:
+        return self.account_concurrency - UNRESERVED_MINIMUM
+
+    @property
+    def broken(self) -> bool:
+        return self.reserved > self.reservable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lanes": [{"lane": name, **plan.to_dict()} for name, plan in self.lanes],
+            "account": {"reserved": self.reserved, "reservable": self.reservable,
+                        "account_concurrency": self.account_concurrency, "broken": self.broken,
+                        "ratio": self.reserved / self.reservable if self.reservable > 0 else math.inf},
+        }
+
+
+def account_plan(settings: Settings, items_per_day: int, worker_ms: float,
+                 account_concurrency: int | None = None, **overrides: Any) -> AccountPlan:
+    """Each lane's plan for ``items_per_day`` of its own, and the account's reservation."""
+    lanes = settings.resolved_lanes()
+    account = account_concurrency if account_concurrency is not None else settings.account_concurrency
+    plans = [(lane.name, make_plan(inputs_from_settings(settings, items_per_day, worker_ms, lane=lane,
+                                                        account_concurrency=account, **overrides)))
+             for lane in lanes]
+    reserved = sum(lane.worker.reserved_concurrency + lane.drain.consumers for lane in lanes) + 1
+    return AccountPlan(plans, reserved, account)
 
 
 def make_plan(i: PlanInputs) -> Plan:

@@ -11,6 +11,10 @@ Workers busy and last drains: locally from the Lambda endpoint's stats and the c
 log file (the drain report the consumer logs as "drain finished"); on AWS from CloudWatch
 (``ConcurrentExecutions`` of the worker) and CloudWatch Logs of the consumer. Each part that
 cannot be read is left out with the reason, never guessed.
+
+Lanes: each lane is read on its own (``collect_lane_status``: its queue, its DLQ, its worker's
+busy count against its cap, its consumer's drains); ``collect_lanes`` reads every lane (or
+the one asked for) for the table over lanes.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sluice import aws
 from sluice.contract import ContractError, DrainReport
 from sluice_tools.ops.dlq import list_dead_letters
-from sluice_tools.stage import StageContext
+from sluice_tools.stage import LaneQueues, StageContext
 
 DRAIN_LOG_MESSAGE = "drain finished"
 
@@ -71,6 +75,8 @@ class Status:
     queue: QueueCounts
     dlq: QueueCounts
     cap: int
+    lane: str = "default"
+    max_rate: float | None = None  # the lane's drain.max_rate, messages/s
     oldest_age_s: float | None = None
     dlq_oldest_age_s: float | None = None
     workers_busy: int | None = None
@@ -89,6 +95,10 @@ class Status:
             "last_drains": [d.to_dict() for d in self.drains],
             "notes": self.notes,
         }
+
+    def to_lane_dict(self) -> dict[str, Any]:
+        """One row of the table over lanes: the lane's name and rate, then what to_dict says."""
+        return {"lane": self.lane, "max_rate": self.max_rate, **self.to_dict()}
 
 
 def queue_counts(queue: aws.Queue) -> QueueCounts:
@@ -138,10 +148,10 @@ def _cloudwatch_latest(namespace: str, metric: str, dimension: tuple[str, str], 
     return float(points[-1][stat]) if points else None
 
 
-def _aws_drain_reports(ctx: StageContext, limit: int) -> list[LoggedDrain]:
+def _aws_drain_reports(consumer: str, limit: int) -> list[LoggedDrain]:
     now = datetime.now(UTC)
     reply = aws.client("logs").filter_log_events(
-        logGroupName=f"/aws/lambda/{ctx.function('consumer')}", filterPattern=f'"{DRAIN_LOG_MESSAGE}"',
+        logGroupName=f"/aws/lambda/{consumer}", filterPattern=f'"{DRAIN_LOG_MESSAGE}"',
         startTime=int((now - timedelta(hours=1)).timestamp() * 1000), limit=100)
     reports = []
     for event in reply.get("events", []):
@@ -156,16 +166,27 @@ def _aws_drain_reports(ctx: StageContext, limit: int) -> list[LoggedDrain]:
 
 
 def collect_status(ctx: StageContext, drains: int = 5) -> Status:
-    """One snapshot. Raises AwsError only when the queues themselves cannot be read."""
+    """One snapshot of the only lane (a config without lanes). Raises AwsError only when the
+    queues themselves cannot be read."""
+    return collect_lane_status(ctx, ctx.lane(), drains)
+
+
+def collect_lanes(ctx: StageContext, lane: str | None = None, drains: int = 5) -> list[Status]:
+    """One snapshot per lane, in routing order (only ``lane`` when given)."""
+    return [collect_lane_status(ctx, x, drains) for x in ctx.selected(lane)]
+
+
+def collect_lane_status(ctx: StageContext, lane: LaneQueues, drains: int = 5) -> Status:
+    """One lane's snapshot. Raises AwsError only when its queues themselves cannot be read."""
     from sluice_tools.stage import local_env_path
 
-    status = Status(stage=ctx.stage, queue=queue_counts(ctx.queue()), dlq=queue_counts(ctx.dlq()),
-                    cap=ctx.cap)
-    worker = ctx.function("worker")
+    status = Status(stage=ctx.stage, queue=queue_counts(lane.queue()), dlq=queue_counts(lane.dlq()),
+                    cap=lane.cap, lane=lane.name, max_rate=lane.lane.drain.max_rate)
+    worker = lane.worker
     if ctx.is_local:
         status.notes.append("oldest message age: no CloudWatch locally; shown for the DLQ only (peeked)")
         if status.dlq.total:
-            ages = [x.age_s for x in list_dead_letters(ctx.dlq(), limit=10).letters if x.age_s is not None]
+            ages = [x.age_s for x in list_dead_letters(lane.dlq(), limit=10).letters if x.age_s is not None]
             status.dlq_oldest_age_s = max(ages) if ages else None
         if ctx.lambda_stats_url:
             try:
@@ -174,14 +195,14 @@ def collect_status(ctx: StageContext, drains: int = 5) -> Status:
                 status.workers_peak = stats.get("peak_busy", stats.get("peak"))
             except (OSError, ValueError) as exc:
                 status.notes.append(f"workers: the local Lambda stats endpoint did not answer ({exc})")
-        log = local_env_path().parent / "logs" / f"{ctx.function('consumer')}.log"
+        log = local_env_path().parent / "logs" / f"{lane.consumer}.log"
         status.drains = read_drain_reports(log, drains)
         if not status.drains:
             status.notes.append("last drains: the consumer has logged no drain report yet")
         return status
     try:
         age = "ApproximateAgeOfOldestMessage"
-        q = ctx.settings.queue
+        q = lane.lane.queue
         status.oldest_age_s = _cloudwatch_latest("AWS/SQS", age, ("QueueName", q.fifo_name), "Maximum")
         dlq_name = ("QueueName", q.dlq_fifo_name)
         status.dlq_oldest_age_s = _cloudwatch_latest("AWS/SQS", age, dlq_name, "Maximum")
@@ -190,7 +211,7 @@ def collect_status(ctx: StageContext, drains: int = 5) -> Status:
     except (ClientError, BotoCoreError) as exc:
         status.notes.append(f"CloudWatch metrics unavailable: {exc}")
     try:
-        status.drains = _aws_drain_reports(ctx, drains)
+        status.drains = _aws_drain_reports(lane.consumer, drains)
     except (ClientError, BotoCoreError) as exc:
         status.notes.append(f"last drains: CloudWatch Logs unavailable: {exc}")
     return status

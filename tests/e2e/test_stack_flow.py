@@ -4,8 +4,6 @@ POST over real HTTP, let the schedule drain, and check the database and the queu
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +13,7 @@ import pytest
 
 from sluice.settings import Settings, load_settings
 from sluice_tools.local.stack import LocalStack
-from tests.helpers import drop_machine_database, eventually
+from tests.helpers import drop_machine_database, eventually, post
 from tests.helpers import stack_sql as query
 
 pytestmark = pytest.mark.e2e
@@ -50,16 +48,6 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     yield stack
     stack.stop()
     drop_machine_database(name)
-
-
-def post(stack: LocalStack, body: Any) -> tuple[int, Any]:
-    req = urllib.request.Request(f"{stack.env['SLUICE_API_URL']}/jobs", data=json.dumps(body).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def diagnosis(stack: LocalStack) -> str:

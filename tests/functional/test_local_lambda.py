@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,3 +293,74 @@ def test_bad_definitions_are_rejected_before_anything_starts(bad: dict[str, Any]
     # THEN it is refused with the reason
     with pytest.raises(LambdaServiceError, match=reason):
         LambdaService([FunctionDefinition(**fields)], log_dir=tmp_path)
+
+
+# -- what the aws CLI asks about functions (ListFunctions, GetFunction, GetFunctionConfiguration) --
+
+def test_list_and_get_functions_answer_in_lambdas_shapes(lam: Any) -> None:
+    # GIVEN the running service
+    # WHEN boto3 lists the functions, a page of 3 at a time (botocore parses each reply by the model)
+    pages = list(lam.get_paginator("list_functions").paginate(PaginationConfig={"PageSize": 3}))
+    listed = {f["FunctionName"]: f for page in pages for f in page["Functions"]}
+    # THEN every function is there once, with its definition's numbers
+    assert len(pages) == 3 and sorted(listed) == sorted(f.name for f in FUNCTIONS)
+    echo = listed["echo"]
+    assert (echo["Handler"], echo["Runtime"], echo["Timeout"], echo["MemorySize"]) == ("toy.echo", "python3.12", 3, 256)
+    assert echo["FunctionArn"] == "arn:aws:lambda:us-east-1:123456789012:function:echo"
+    assert echo["Environment"]["Variables"] == {"TOY_SETTING": "from-definition"}
+    assert echo["State"] == "Active" and echo["Role"].startswith("arn:aws:iam::123456789012:role/")
+    assert echo["LastModified"].endswith("+0000")
+    # WHEN one function is asked for, by name and by ARN
+    config = lam.get_function_configuration(FunctionName="capped")
+    whole = lam.get_function(FunctionName="arn:aws:lambda:us-east-1:123456789012:function:capped")
+    # THEN its configuration, and GetFunction's reserved concurrency (absent for an unreserved one)
+    assert config["FunctionName"] == "capped" and config["Timeout"] == 10
+    assert whole["Configuration"]["FunctionArn"] == config["FunctionArn"]
+    assert whole["Concurrency"] == {"ReservedConcurrentExecutions": 2}
+    assert "Concurrency" not in lam.get_function(FunctionName="echo")
+
+
+def test_unknown_function_is_lambdas_404(lam: Any) -> None:
+    # GIVEN the running service
+    for call in (lam.get_function, lam.get_function_configuration):
+        # WHEN a function it does not run, or a version it does not have, is asked for
+        for kwargs in ({"FunctionName": "nope"}, {"FunctionName": "echo", "Qualifier": "7"}):
+            with pytest.raises(ClientError) as raised:
+                call(**kwargs)
+            # THEN Lambda's ResourceNotFoundException, 404, naming the function
+            error = raised.value.response
+            assert error["Error"]["Code"] == "ResourceNotFoundException"
+            assert error["ResponseMetadata"]["HTTPStatusCode"] == 404
+            assert "function:" in error["Error"]["Message"]
+    # WHEN a page size out of range is asked for THEN a 400, not a crash
+    with pytest.raises(ClientError) as raised:
+        lam.list_functions(MaxItems=10001)
+    assert raised.value.response["Error"]["Code"] == "InvalidParameterValueException"
+
+
+@pytest.mark.skipif(shutil.which("aws") is None,
+                    reason="the aws CLI is not installed (pip install awscli in an environment of its own: "
+                           "it pins botocore, which the project's boto3 pins too)")
+def test_aws_cli_lists_and_gets_functions(service: LambdaService) -> None:
+    # GIVEN the aws CLI pointed at the service with dummy credentials
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_LAMBDA": service.url, "AWS_PAGER": ""}
+    env.pop("AWS_PROFILE", None)
+
+    def aws(*args: str) -> Any:
+        done = subprocess.run(["aws", "lambda", *args, "--endpoint-url", service.url, "--output", "json"],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+        return done.returncode, done.stdout, done.stderr
+
+    # WHEN it lists the functions and gets one THEN it parses both
+    code, out, err = aws("list-functions")
+    assert code == 0, err
+    assert sorted(f["FunctionName"] for f in json.loads(out)["Functions"]) == sorted(f.name for f in FUNCTIONS)
+    code, out, err = aws("get-function", "--function-name", "capped")
+    assert code == 0, err
+    assert json.loads(out)["Concurrency"]["ReservedConcurrentExecutions"] == 2
+    code, out, err = aws("get-function-configuration", "--function-name", "echo")
+    assert code == 0 and json.loads(out)["MemorySize"] == 256, err
+    # WHEN it asks for an unknown function THEN it reports Lambda's error and fails
+    code, _, err = aws("get-function", "--function-name", "nope")
+    assert code != 0 and "ResourceNotFoundException" in err
