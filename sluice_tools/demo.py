@@ -1,19 +1,23 @@
-"""`make demo`: the whole flow on one machine, checked against the database and the queues.
+"""`make demo`: the whole flow on one machine, in three lanes, checked against the database,
+the queues and the vendor.
 
-1. Start the local stack (unless one is running: then use it, and say so).
+1. Start the local stack with three lanes (``DEMO_LANES``: invoices into MariaDB, and two vendor
+   lanes for notify.send, one generous, one with a tight rate like a single phone number), unless
+   one is running: then use it, whatever lanes it has, and say so.
 2. POST a burst over real HTTP to the stack's API, in requests of a few hundred: invoices
    (into MariaDB; a few poison ones for an unknown customer, each in its own group) and
    notifications (to the stand-in vendor API, which answers 429 above its rate; a few poison
    ones for a recipient the vendor refuses), with some keys sent a second time in separate
    requests.
-3. Show live progress while the scheduled consumer drains: queue depth, in flight, workers
-   busy vs cap, applied, DLQ, drains.
+3. Show live progress per lane while the scheduled consumers drain: queue depth, in flight,
+   workers busy vs the lane's cap, applied, DLQ.
 4. Summarise FROM THE DATABASE, THE QUEUES AND THE VENDOR, not from counters kept here, through
    the task modules' own queries: processed (invoice, delivery and ledger rows of this run),
    effects at the vendor (one per delivered item; repeated idempotency keys absorbed), the
    vendor's 429s, dead-lettered (DLQ, with reasons), duplicates (keys applied more than once:
    must be 0), lost (keys the API accepted that no row holds and no dead letter explains: must
-   be 0), peak workers vs cap, time and items/s per stage. Exit 0 only if those invariants hold.
+   be 0), per lane: peak workers vs its cap, peak vendor calls/s vs its rate, 429s seen. Exit 0
+   only if those invariants hold.
 
 Every key of a run starts with ``DEMO-<run id>-``, so a run on a stack that already holds
 other work counts only its own rows.
@@ -42,6 +46,8 @@ from rich.table import Table
 
 from sluice.aws import Queue
 from sluice.db import Database, DbError
+from sluice.settings import Lane, Settings
+from sluice_tools.local.env import lane_queue_keys
 from sluice_tools.local.vendor_client import VendorAdminError, VendorClient
 from sluice_tools.ops.dlq import list_dead_letters
 from sluice_tools.ops.status import QueueCounts, lambda_stats, queue_counts
@@ -49,15 +55,69 @@ from worker.tasks import invoices, notify
 
 CUSTOMERS = ("acme", "globex", "initech", "umbrella", "hooli")
 CURRENCIES = ("EUR", "USD", "GBP", "CHF")
-DEMO_VENDOR = "a"  # config/local.yml's generous vendor: a burst still meets its rate (429s)
+DEFAULT_VENDOR = "a"  # where notifications go on a stack without vendor lanes
 EXIT_INVARIANT_BROKEN = 1
 EXIT_INTERRUPTED = 130
+# The demo's lanes (DESIGN.md section 11): config/local.yml's sections, these overrides. Each
+# vendor lane's rate is its vendor's (config/local.yml local.vendors: a 50/s, b 5/s), its batch
+# small enough that one batch does not outrun the vendor.
+DEMO_LANES: dict[str, dict[str, Any]] = {
+    "ledger": {"tasks": ["invoice.record"]},
+    "vendor-a": {"tasks": ["notify.send"], "match": {"payload.vendor": "a"},
+                 "drain": {"max_parallel": 3, "max_rate": 40}, "worker": {"reserved_concurrency": 3, "batch_size": 5}},
+    "vendor-b": {"tasks": ["notify.send"], "match": {"payload.vendor": "b"},
+                 "drain": {"max_parallel": 1, "max_rate": 5}, "worker": {"reserved_concurrency": 1, "batch_size": 2}},
+}
 
 console = Console()
 
 
 class DemoError(Exception):
     """The demo could not run (stack, API or database unreachable); the message says which."""
+
+
+@dataclass(frozen=True)
+class DemoLane:
+    """One lane as the demo watches it: its queues, cap, rate, worker and (for a vendor lane) vendor."""
+
+    lane: Lane
+    queue: Queue
+    dlq: Queue
+    worker_function: str
+    consumer_function: str
+
+    @property
+    def name(self) -> str:
+        return self.lane.name
+
+    @property
+    def cap(self) -> int:
+        return self.lane.drain.max_parallel
+
+    @property
+    def vendor(self) -> str | None:
+        """The vendor this lane's notifications go to: its match's, or the default's on a lane that
+        carries notify.send without one; None for a lane that carries no notifications."""
+        if self.lane.tasks is not None and "notify.send" not in self.lane.tasks:
+            return None
+        match = dict(self.lane.match).get("payload.vendor")
+        return str(match[0]) if match else DEFAULT_VENDOR
+
+    @property
+    def carries_invoices(self) -> bool:
+        return self.lane.tasks is None or "invoice.record" in self.lane.tasks
+
+
+def demo_lanes(settings: Settings, env: dict[str, str]) -> list[DemoLane]:
+    lanes = []
+    for lane in settings.resolved_lanes():
+        queue_key, dlq_key = ("SLUICE_QUEUE_URL", "SLUICE_DLQ_URL") if lane.implicit else lane_queue_keys(lane.name)
+        if not env.get(queue_key) or not env.get(dlq_key):
+            raise DemoError(f"the local stack's local.env names no queue for lane {lane.name!r}")
+        lanes.append(DemoLane(lane, Queue(env[queue_key]), Queue(env[dlq_key]),
+                              settings.function_name(lane.function_key("worker")),
+                              settings.function_name(lane.function_key("consumer"))))
+    return lanes
 
 
 @dataclass
@@ -70,6 +130,7 @@ class Burst:
     first_pass: int  # requests[:first_pass] hold each key once; the rest repeat keys
     notify_keys: set[str] = field(default_factory=set)  # notifications expected delivered
     notify_poison_keys: set[str] = field(default_factory=set)
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> the item (first send)
 
     @property
     def all_poison(self) -> set[str]:
@@ -79,34 +140,39 @@ class Burst:
     def items_sent(self) -> int:
         return sum(len(r) for r in self.requests)
 
+    def keys_in(self, lane: Lane, lanes: list[Lane]) -> set[str]:
+        """The keys routing sends to ``lane``: the first lane that takes each item."""
+        return {key for key, item in self.items.items()
+                if next((x for x in lanes if x.takes(item["task"], item["payload"])), None) == lane}
 
-def make_notifications(run: str, count: int, poison: int, rng: random.Random) -> tuple[list[dict[str, Any]], set[str],
-                                                                                     set[str]]:
-    """``count`` messages to the demo vendor, each recipient its own group (order per recipient),
+
+def make_notifications(run: str, vendor: str, count: int, poison: int, rng: random.Random
+                       ) -> tuple[list[dict[str, Any]], set[str], set[str]]:
+    """``count`` messages to ``vendor``, each recipient its own group (order per recipient),
     ``poison`` of them to a recipient the vendor refuses."""
     poison_at = set(rng.sample(range(count), min(poison, count)))
     items: list[dict[str, Any]] = []
     good: set[str] = set()
     bad: set[str] = set()
     for i in range(count):
-        key = f"DEMO-{run}-N{i:05d}"
+        key = f"DEMO-{run}-{vendor}{i:05d}"
         to = f"not-a-number-{i}" if i in poison_at else f"+4915{i:09d}"
-        items.append({"task": "notify.send", "key": key, "group": to,
-                      "payload": {"vendor": DEMO_VENDOR, "to": to, "text": f"DEMO-{run} message {i}"}})
+        items.append({"task": "notify.send", "key": key, "group": f"{vendor}{to}",
+                      "payload": {"vendor": vendor, "to": to, "text": f"DEMO-{run} message {i}"}})
         (bad if i in poison_at else good).add(key)
     return items, good, bad
 
 
 def make_burst(items: int, poison: int, duplicates: int, request_size: int, seed: int | None = None,
-               notifications: int = 0, notify_poison: int = 0) -> Burst:
-    """``items`` distinct invoices (``poison`` of them for unknown customers) and ``notifications``
-    messages (``notify_poison`` refused by the vendor), mixed, then ``duplicates`` of their keys
-    again in requests of their own."""
+               notifications: dict[str, int] | None = None, notify_poison: int = 0) -> Burst:
+    """``items`` distinct invoices (``poison`` of them for unknown customers) and, per vendor,
+    ``notifications[vendor]`` messages (``notify_poison`` of each refused by the vendor), then
+    ``duplicates`` of their keys again in requests of their own."""
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:8]
     poison = min(poison, items)
     poison_at = set(rng.sample(range(items), poison))
-    invoices: list[dict[str, Any]] = []
+    burst: list[dict[str, Any]] = []
     valid: set[str] = set()
     bad: set[str] = set()
     for i in range(items):
@@ -114,28 +180,31 @@ def make_burst(items: int, poison: int, duplicates: int, request_size: int, seed
         if i in poison_at:
             # Each poison invoice in a group of its own: a dead letter then blocks nothing else.
             customer = f"ghost-{run}-{i}"
-            invoices.append({"task": "invoice.record", "key": key, "group": customer,
-                             "payload": {"customer": customer, "amount_cents": 999, "currency": "EUR"}})
+            burst.append({"task": "invoice.record", "key": key, "group": customer,
+                          "payload": {"customer": customer, "amount_cents": 999, "currency": "EUR"}})
             bad.add(key)
             continue
-        invoices.append({"task": "invoice.record", "key": key,
-                         "payload": {"customer": rng.choice(CUSTOMERS),
-                                     "amount_cents": rng.randint(100, 500_000),
-                                     "currency": rng.choice(CURRENCIES),
-                                     "description": f"demo invoice {i}"}})
+        burst.append({"task": "invoice.record", "key": key,
+                      "payload": {"customer": rng.choice(CUSTOMERS), "amount_cents": rng.randint(100, 500_000),
+                                  "currency": rng.choice(CURRENCIES), "description": f"demo invoice {i}"}})
         valid.add(key)
-    messages, delivered, refused = make_notifications(run, notifications, notify_poison, rng)
-    # The notifications go first, as one burst: faster than the vendor's rate, so it answers 429s
-    # that the retries (hidden for its Retry-After) must recover.
-    invoices[:0] = messages
-    requests = [invoices[i:i + request_size] for i in range(0, len(invoices), request_size)]
+    delivered: set[str] = set()
+    refused: set[str] = set()
+    for vendor, count in (notifications or {}).items():
+        messages, good, dead = make_notifications(run, vendor, count, notify_poison, rng)
+        # The notifications go first, as one burst per vendor: faster than the vendor's rate, so
+        # it answers 429s that the retries (hidden for its Retry-After) must recover.
+        burst[:0] = messages
+        delivered |= good
+        refused |= dead
+    requests = [burst[i:i + request_size] for i in range(0, len(burst), request_size)]
     first_pass = len(requests)
-    repeatable = [x for x in invoices if x["key"] in valid or x["key"] in delivered]
+    repeatable = [x for x in burst if x["key"] in valid or x["key"] in delivered]
     again = rng.sample(repeatable, min(duplicates, len(repeatable)))
     requests += [again[i:i + request_size] for i in range(0, len(again), request_size)]
     return Burst(run=run, requests=requests, valid_keys=valid, poison_keys=bad,
                  duplicate_keys={x["key"] for x in again}, first_pass=first_pass,
-                 notify_keys=delivered, notify_poison_keys=refused)
+                 notify_keys=delivered, notify_poison_keys=refused, items={x["key"]: x for x in burst})
 
 
 def post_json(url: str, body: Any, timeout_s: float = 120) -> tuple[int, Any]:
@@ -157,6 +226,7 @@ def post_json(url: str, body: Any, timeout_s: float = 120) -> tuple[int, Any]:
 @dataclass
 class EnqueueOutcome:
     accepted: set[str] = field(default_factory=set)
+    lanes: dict[str, str] = field(default_factory=dict)  # key -> the lane the API said
     refused: dict[int, Any] = field(default_factory=dict)  # status -> a body, per status seen
     seconds: float = 0.0
 
@@ -169,7 +239,10 @@ def send_burst(api_url: str, burst: Burst, threads: int = 4) -> EnqueueOutcome:
     def one(items: list[dict[str, Any]]) -> None:
         status, body = post_json(f"{api_url}/jobs", {"items": items})
         if status in (202, 207) and isinstance(body, dict):
-            outcome.accepted.update(row["key"] for row in body.get("items", []) if "error" not in row)
+            for row in body.get("items", []):
+                if "error" not in row:
+                    outcome.accepted.add(row["key"])
+                    outcome.lanes[row["key"]] = row.get("lane", "")
         if status != 202:
             outcome.refused[status] = body
 
@@ -184,20 +257,16 @@ def send_burst(api_url: str, burst: Burst, threads: int = 4) -> EnqueueOutcome:
 
 class DemoDatabase:
     """What the demo reads back: the rows of one run, whose keys all start ``DEMO-<run>-``,
-    through the invoice task module's own queries (and sluice's ledger)."""
+    through the task modules' own queries (and sluice's ledger)."""
 
     def __init__(self, url: str) -> None:
         self.db = Database(url=url, program="sluice-demo")
 
-    def applied(self, run: str) -> int:
-        """Items of the run applied so far: invoice rows and delivery rows."""
-        return self.invoice_rows(run) + self.delivery_rows(run)
-
     def invoice_rows(self, run: str) -> int:
         return invoices.count(self.db, key_prefix=run_prefix(run))
 
-    def delivery_rows(self, run: str) -> int:
-        return notify.delivered(self.db, key_prefix=run_prefix(run))
+    def delivery_rows(self, run: str, vendor: str | None = None) -> int:
+        return notify.delivered(self.db, key_prefix=run_prefix(run), vendor=vendor)
 
     def applied_keys(self, run: str) -> set[str]:
         return set(invoices.keys(self.db, run_prefix(run))) | set(notify.keys(self.db, run_prefix(run)))
@@ -214,46 +283,48 @@ def run_prefix(run: str) -> str:
 
 
 @dataclass
-class Snapshot:
+class LaneSnapshot:
     queue: QueueCounts
     dlq: QueueCounts
     applied: int
     busy: int | None
     peak: int | None
-    drains: int | None
 
 
 class Demo:
-    def __init__(self, env: dict[str, str], cap: int, worker_function: str, consumer_function: str) -> None:
+    def __init__(self, env: dict[str, str], lanes: list[DemoLane]) -> None:
         self.env = env
-        self.cap = cap
-        self.queue = Queue(env["SLUICE_QUEUE_URL"])
-        self.dlq = Queue(env["SLUICE_DLQ_URL"])
+        self.lanes = lanes
         self.db = DemoDatabase(env["DATABASE_URL"])
-        self.worker_function = worker_function
-        self.consumer_function = consumer_function
 
-    def snapshot(self, run: str) -> Snapshot:
-        busy = peak = drains = None
+    def applied(self, lane: DemoLane, run: str) -> int:
+        """What ``lane`` applied of this run: its invoices and its vendor's deliveries."""
+        total = self.db.invoice_rows(run) if lane.carries_invoices else 0
+        if lane.vendor is not None:
+            total += self.db.delivery_rows(run, None if lane.lane.implicit else lane.vendor)
+        return total
+
+    def snapshot(self, run: str) -> dict[str, LaneSnapshot]:
         try:
             stats = lambda_stats(self.env["SLUICE_LAMBDA_STATS_URL"])
-            worker, consumer = stats.get(self.worker_function, {}), stats.get(self.consumer_function, {})
-            busy, peak, drains = worker.get("busy"), worker.get("peak_busy"), consumer.get("invocations")
         except (OSError, ValueError, KeyError):
-            pass
-        return Snapshot(queue=queue_counts(self.queue), dlq=queue_counts(self.dlq),
-                        applied=self.db.applied(run), busy=busy, peak=peak, drains=drains)
+            stats = {}
+        return {lane.name: LaneSnapshot(queue=queue_counts(lane.queue), dlq=queue_counts(lane.dlq),
+                                        applied=self.applied(lane, run),
+                                        busy=stats.get(lane.worker_function, {}).get("busy"),
+                                        peak=stats.get(lane.worker_function, {}).get("peak_busy"))
+                for lane in self.lanes}
 
-    def view(self, s: Snapshot, expected: int, phase: str, elapsed: float) -> Table:
-        table = Table(title=f"sluice demo: {phase} ({elapsed:,.1f} s)", show_header=False, min_width=50)
-        table.add_row("queue depth (visible)", f"{s.queue.visible:,}")
-        table.add_row("in flight", f"{s.queue.in_flight:,}")
-        table.add_row("delayed (backing off)", f"{s.queue.delayed:,}")
-        table.add_row("workers busy / cap", f"{'?' if s.busy is None else s.busy} / {self.cap}"
-                      + ("" if s.peak is None else f"  (peak {s.peak})"))
-        table.add_row("applied", f"{s.applied:,} / {expected:,}")
-        table.add_row("dead-lettered (DLQ)", f"{s.dlq.total:,}")
-        table.add_row("drains", "?" if s.drains is None else f"{s.drains:,}")
+    def view(self, snaps: dict[str, LaneSnapshot], expected: dict[str, int], phase: str, elapsed: float) -> Table:
+        table = Table(title=f"sluice demo: {phase} ({elapsed:,.1f} s)", min_width=60)
+        for column in ("lane", "queue", "in flight", "delayed", "workers / cap", "applied", "DLQ"):
+            table.add_column(column, justify="left" if column == "lane" else "right")
+        for lane in self.lanes:
+            s = snaps[lane.name]
+            workers = f"{'?' if s.busy is None else s.busy} / {lane.cap}" + (
+                "" if s.peak is None else f" (peak {s.peak})")
+            table.add_row(lane.name, f"{s.queue.visible:,}", f"{s.queue.in_flight:,}", f"{s.queue.delayed:,}",
+                          workers, f"{s.applied:,} / {expected[lane.name]:,}", f"{s.dlq.total:,}")
         return table
 
 
@@ -270,14 +341,14 @@ class VendorFacts:
     rate_per_s: float
 
 
-def vendor_facts(vendor_url: str, run: str) -> VendorFacts | None:
+def vendor_facts(vendor_url: str, vendor: str, run: str) -> VendorFacts | None:
     """None when no vendor API answers (a stack without one)."""
     if not vendor_url:
         return None
     client = VendorClient(vendor_url)
     try:
-        state = client.get(DEMO_VENDOR)
-        ours = [m for m in client.messages(DEMO_VENDOR) if m.text.startswith(f"DEMO-{run} ")]
+        state = client.get(vendor)
+        ours = [m for m in client.messages(vendor) if m.text.startswith(f"DEMO-{run} ")]
     except VendorAdminError:
         return None
     c = state.counters
@@ -286,8 +357,29 @@ def vendor_facts(vendor_url: str, run: str) -> VendorFacts | None:
                        rate_per_s=state.settings.rate_per_s)
 
 
-def summarise(demo: Demo, burst: Burst, sent: EnqueueOutcome, drain_s: float, peak: int | None
-              ) -> tuple[Table, bool, dict[str, Any]]:
+@dataclass
+class LaneSummary:
+    name: str
+    expected: int
+    applied: int
+    dead: list[Any]
+    lost: int
+    peak: int | None
+    cap: int
+    max_rate: float
+    vendor: str | None
+    vendor_facts: VendorFacts | None
+
+    def facts(self) -> dict[str, Any]:
+        return {"expected": self.expected, "applied": self.applied, "dead_lettered": len(self.dead),
+                "reasons": dict(Counter(f"{x.task} {x.error_type or 'error'}" for x in self.dead)),
+                "lost": self.lost, "peak_workers": self.peak, "cap": self.cap, "max_rate": self.max_rate,
+                "vendor": self.vendor, "vendor_facts": None if self.vendor_facts is None else
+                self.vendor_facts.__dict__}
+
+
+def summarise(demo: Demo, burst: Burst, sent: EnqueueOutcome, drain_s: float,
+              peaks: dict[str, int | None]) -> tuple[Table, bool, dict[str, Any]]:
     run = burst.run
     db = demo.db
     applied_keys = db.applied_keys(run)
@@ -298,97 +390,116 @@ def summarise(demo: Demo, burst: Burst, sent: EnqueueOutcome, drain_s: float, pe
     # should be impossible and is counted all the same.
     duplicates = db.duplicates(run)
     poison = burst.all_poison
-    listing = list_dead_letters(demo.dlq, limit=max(50, len(poison) + 50))
-    ours = [x for x in listing.letters if x.key.startswith(run_prefix(run))]
-    dead_keys = {x.key for x in ours}
-    # Grouped by task and kind, with one example each: every poison reason names its own item.
-    reasons = Counter(f"{x.task} {x.error_type or 'error'}" for x in ours)
-    example = {f"{x.task} {x.error_type or 'error'}": x.reason for x in ours}
+    lanes = [x.lane for x in demo.lanes]
+    summaries: list[LaneSummary] = []
+    every_dead: set[str] = set()
+    for lane in demo.lanes:
+        keys = burst.keys_in(lane.lane, lanes) & sent.accepted
+        listing = list_dead_letters(lane.dlq, limit=max(50, len(poison) + 50))
+        dead = [x for x in listing.letters if x.key.startswith(run_prefix(run))]
+        every_dead |= {x.key for x in dead}
+        valid = keys - poison
+        seen = vendor_facts(demo.env.get("SLUICE_VENDOR_URL", ""), lane.vendor, run) if lane.vendor else None
+        summaries.append(LaneSummary(lane.name, len(valid), len(valid & applied_keys), dead,
+                                     len(valid - applied_keys), peaks.get(lane.name), lane.cap,
+                                     lane.lane.drain.max_rate, lane.vendor, seen))
     accepted_valid = sent.accepted & (burst.valid_keys | burst.notify_keys)
     lost = accepted_valid - applied_keys
-    poison_missing = (sent.accepted & poison) - dead_keys
-    queue_left = queue_counts(demo.queue).total
-    vendor = vendor_facts(demo.env.get("SLUICE_VENDOR_URL", ""), run)
-    expected_deliveries = len(sent.accepted & burst.notify_keys)
+    poison_missing = (sent.accepted & poison) - every_dead
+    queue_left = sum(queue_counts(lane.queue).total for lane in demo.lanes)
+    routed_as_expected = all(sent.lanes.get(k) == lane.name for lane in demo.lanes
+                             for k in burst.keys_in(lane.lane, lanes) & sent.accepted)
     checks = {
         "duplicates is 0": duplicates == 0 and ledger_rows == invoice_rows + delivery_rows,
         "lost is 0": not lost,
         "every poison item is in the DLQ": not poison_missing,
         "no poison item applied": not (applied_keys & poison),
         "every item the API was sent was accepted": not sent.refused,
-        "workers never above the cap": peak is None or peak <= demo.cap,
+        "every item in the lane its routing names": routed_as_expected,
+        "workers never above a lane's cap": all(x.peak is None or x.peak <= x.cap for x in summaries),
     }
-    if burst.notify_keys:
-        checks["one effect at the vendor per delivered item"] = (
-            vendor is not None and vendor.effects == vendor.distinct_effect_keys == delivery_rows
-            == expected_deliveries)
+    vendor_lanes = [x for x in summaries if x.vendor is not None and x.expected]
+    if vendor_lanes:
+        checks["one effect at the vendor per delivered item"] = all(
+            x.vendor_facts is not None and x.vendor_facts.effects == x.vendor_facts.distinct_effect_keys == x.applied
+            for x in vendor_lanes)
     title = f"sluice demo summary (run {run}): from the database, the queues and the vendor"
-    table = Table(title=title, show_header=False)
-    table.add_row("items sent (incl. repeats)", f"{burst.items_sent:,} in {len(burst.requests)} requests")
-    twice = len(burst.duplicate_keys)
-    table.add_row("distinct keys accepted", f"{len(sent.accepted):,} ({twice:,} sent twice)")
-    table.add_row("invoices (invoice rows)", f"{invoice_rows:,}")
-    table.add_row("notifications (delivery rows)", f"{delivery_rows:,}")
-    table.add_row("ledger rows", f"{ledger_rows:,}")
-    if vendor is not None:
-        table.add_row(f"vendor {DEMO_VENDOR}: effects of this run / distinct keys",
-                      f"{vendor.effects:,} / {vendor.distinct_effect_keys:,}")
-        table.add_row(f"vendor {DEMO_VENDOR}: repeated keys absorbed / 429s answered",
-                      f"{vendor.replays:,} / {vendor.throttled:,}")
-        table.add_row(f"vendor {DEMO_VENDOR}: peak calls/s / its rate",
-                      f"{vendor.peak_requests_per_s:,} / {vendor.rate_per_s:g}")
-    table.add_row("dead-lettered (this run / DLQ depth)", f"{len(ours):,} / {listing.depth:,}")
-    for kind, n in reasons.most_common(5):
-        table.add_row(f"  {n} x {kind}", f"e.g. {example[kind]}")
-    table.add_row("duplicates (keys applied > once)", str(duplicates))
-    table.add_row("lost (accepted valid keys not applied)", str(len(lost)))
-    table.add_row("still in the work queue", f"{queue_left:,}")
-    table.add_row("peak workers / cap", f"{'?' if peak is None else peak} / {demo.cap}")
+    table = Table(title=title)
+    for column in ("lane", "applied", "dead-lettered", "lost", "workers peak/cap", "vendor calls/s peak/rate",
+                   "vendor 429s"):
+        table.add_column(column, justify="left" if column == "lane" else "right")
+    for x in summaries:
+        vf = x.vendor_facts
+        table.add_row(x.name, f"{x.applied:,} / {x.expected:,}", f"{len(x.dead):,}", str(x.lost),
+                      f"{'?' if x.peak is None else x.peak} / {x.cap}",
+                      "" if vf is None else f"{vf.peak_requests_per_s} / {x.max_rate:g}",
+                      "" if vf is None else f"{vf.throttled:,}")
+    console.print(table)
+    details = Table(show_header=False, title="and over all lanes")
+    details.add_row("items sent (incl. repeats)", f"{burst.items_sent:,} in {len(burst.requests)} requests")
+    details.add_row("distinct keys accepted", f"{len(sent.accepted):,} ({len(burst.duplicate_keys):,} sent twice)")
+    details.add_row("invoice rows / delivery rows / ledger rows",
+                    f"{invoice_rows:,} / {delivery_rows:,} / {ledger_rows:,}")
+    for x in summaries:
+        for kind, n in Counter(f"{d.task} {d.error_type or 'error'}" for d in x.dead).most_common(3):
+            example = next(d.reason for d in x.dead if f"{d.task} {d.error_type or 'error'}" == kind)
+            details.add_row(f"  {x.name}: {n} x {kind}", f"e.g. {example}")
+        if x.vendor_facts is not None:
+            details.add_row(f"  vendor {x.vendor}: effects / distinct keys / repeated keys absorbed",
+                            f"{x.vendor_facts.effects:,} / {x.vendor_facts.distinct_effect_keys:,} / "
+                            f"{x.vendor_facts.replays:,}")
+    details.add_row("duplicates (keys applied > once)", str(duplicates))
+    details.add_row("lost (accepted valid keys not applied)", str(len(lost)))
+    details.add_row("still in the work queues", f"{queue_left:,}")
     enqueue_rate = len(sent.accepted) / sent.seconds if sent.seconds else 0.0
-    drain_rate = (invoice_rows + delivery_rows + len(ours)) / drain_s if drain_s else 0.0
-    table.add_row("enqueue", f"{sent.seconds:,.1f} s, {enqueue_rate:,.0f} items/s")
-    table.add_row("drain (first POST to queue empty)", f"{drain_s:,.1f} s, {drain_rate:,.0f} items/s")
+    drain_rate = (invoice_rows + delivery_rows + len(every_dead)) / drain_s if drain_s else 0.0
+    details.add_row("enqueue", f"{sent.seconds:,.1f} s, {enqueue_rate:,.0f} items/s")
+    details.add_row("drain (first POST to queues empty)", f"{drain_s:,.1f} s, {drain_rate:,.0f} items/s")
     ok = all(checks.values())
     for name, passed in checks.items():
-        table.add_row(name, "[green]yes[/green]" if passed else "[red]NO[/red]")
+        details.add_row(name, "[green]yes[/green]" if passed else "[red]NO[/red]")
+    first = summaries[0]
     facts = {"run": run, "processed": invoice_rows + delivery_rows, "invoices": invoice_rows,
-             "notifications": delivery_rows, "ledger_rows": ledger_rows, "dead_lettered": len(ours),
-             "dlq_depth": listing.depth, "reasons": dict(reasons), "duplicates": duplicates,
-             "lost": len(lost), "vendor": None if vendor is None else vendor.__dict__,
-             "peak_workers": peak, "cap": demo.cap, "enqueue_s": sent.seconds, "drain_s": drain_s,
+             "notifications": delivery_rows, "ledger_rows": ledger_rows, "dead_lettered": len(every_dead),
+             "duplicates": duplicates, "lost": len(lost), "lanes": {x.name: x.facts() for x in summaries},
+             "peak_workers": first.peak, "cap": first.cap, "enqueue_s": sent.seconds, "drain_s": drain_s,
              "checks": checks, "ok": ok}
-    return table, ok, facts
+    return details, ok, facts
 
 
-def run_demo(env: dict[str, str], *, cap: int, worker_function: str, consumer_function: str, items: int,
-             poison: int, duplicates: int, request_size: int, timeout_s: float, refresh_s: float = 0.5,
-             json_out: Path | None = None, notifications: int = 0, notify_poison: int = 0) -> bool:
-    demo = Demo(env, cap, worker_function, consumer_function)
-    burst = make_burst(items, poison, duplicates, request_size, notifications=notifications,
+def run_demo(env: dict[str, str], settings: Settings, *, items: int, poison: int, duplicates: int,
+             request_size: int, timeout_s: float, refresh_s: float = 0.5, json_out: Path | None = None,
+             notifications: int = 0, notify_poison: int = 0) -> bool:
+    lanes = demo_lanes(settings, env)
+    demo = Demo(env, lanes)
+    vendors = sorted({lane.vendor for lane in lanes if lane.vendor is not None})
+    # The tight vendor's lane gets a fifth of the messages: at its rate they take as long as the rest.
+    per_vendor = {v: (notifications if i == 0 else max(1, notifications // 5)) for i, v in enumerate(vendors)}
+    burst = make_burst(items, poison, duplicates, request_size, notifications=per_vendor if notifications else {},
                        notify_poison=notify_poison)
-    expected = len(burst.valid_keys) + len(burst.notify_keys)
+    every_lane = [x.lane for x in lanes]
+    expected = {lane.name: len(burst.keys_in(lane.lane, every_lane) - burst.all_poison) for lane in lanes}
     started = time.monotonic()
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         with ThreadPoolExecutor(max_workers=1) as pool:
             sending = pool.submit(send_burst, env["SLUICE_API_URL"], burst)
             while not sending.done():
-                live.update(demo.view(demo.snapshot(burst.run), expected, "enqueueing",
-                                      time.monotonic() - started))
+                live.update(demo.view(demo.snapshot(burst.run), expected, "enqueueing", time.monotonic() - started))
                 time.sleep(refresh_s)  # screen refresh period
             sent = sending.result()
         deadline = started + timeout_s
         while True:
-            s = demo.snapshot(burst.run)
-            live.update(demo.view(s, expected, "draining", time.monotonic() - started))
-            settled = s.queue.total == 0 and s.applied >= len(sent.accepted & (burst.valid_keys | burst.notify_keys))
+            snaps = demo.snapshot(burst.run)
+            live.update(demo.view(snaps, expected, "draining", time.monotonic() - started))
+            settled = all(s.queue.total == 0 and s.applied >= expected[name] for name, s in snaps.items())
             if settled or time.monotonic() > deadline:
                 break
             time.sleep(refresh_s)
         drain_s = time.monotonic() - started
     if not console.is_terminal:
         console.line()  # off a terminal, Live leaves its last frame without a line end
-    peak = demo.snapshot(burst.run).peak
-    table, ok, facts = summarise(demo, burst, sent, drain_s, peak)
+    peaks = {name: s.peak for name, s in demo.snapshot(burst.run).items()}
+    table, ok, facts = summarise(demo, burst, sent, drain_s, peaks)
     console.print(table)
     if sent.refused:
         console.print(f"[red]the API refused some requests:[/red] {escape(json.dumps(sent.refused)[:500])}")
@@ -398,8 +509,24 @@ def run_demo(env: dict[str, str], *, cap: int, worker_function: str, consumer_fu
     return ok
 
 
-def _function_names(stage_settings: Any) -> tuple[str, str]:
-    return stage_settings.function_name("worker"), stage_settings.function_name("consumer")
+def demo_settings(settings: Settings, cap: int | None, lanes: bool) -> Settings:
+    """The local settings with the demo's lanes (unless the config has lanes of its own or
+    ``lanes`` is off), the first lane's cap set to ``cap``."""
+    if lanes and not settings.lanes:
+        settings = Settings.model_validate({**settings.model_dump(), "lanes": DEMO_LANES})
+    if cap is not None:
+        if settings.lanes:
+            first, *_ = settings.lanes
+            raw = settings.model_dump()
+            raw["lanes"][first]["drain"] = {**raw["lanes"][first]["drain"], "max_parallel": cap}
+            raw["lanes"][first]["worker"] = {**raw["lanes"][first]["worker"], "reserved_concurrency": cap}
+            settings = Settings.model_validate(raw)
+        else:
+            settings = settings.model_copy(update={
+                "drain": settings.drain.model_copy(update={"max_parallel": cap}),
+                "worker": settings.worker.model_copy(update={"reserved_concurrency": cap}),  # config check: equal
+            })
+    return settings
 
 
 def _interrupt_once(signum: int, frame: object) -> None:
@@ -425,8 +552,11 @@ def main(
     database_url: str = typer.Option(None, "--database-url", help="MariaDB, default DATABASE_URL or :3306."),
     local_dir: Path = typer.Option(None, "--local-dir", help="Stack state directory, default .sluice."),
     json_out: Path = typer.Option(None, "--json-out", help="Also write the summary as JSON here."),
+    lanes: bool = typer.Option(True, "--lanes/--no-lanes",
+                               help="Run the demo's three lanes (ledger, vendor-a, vendor-b) or one lane."),
 ) -> None:
-    """Start the local stack, POST a burst of invoices, watch it drain, check the result."""
+    """Start the local stack, POST a burst of invoices and notifications, watch each lane drain,
+    check the result."""
     from sluice.settings import SettingsError, load_settings
     from sluice_tools.local.env import LOCAL_DIR, read_local_env, use_local_stack
     from sluice_tools.local.processes import LocalServiceError
@@ -445,27 +575,20 @@ def main(
     try:
         if running_stack(directory) is not None:
             env = read_local_env(directory / "local.env")
-            worker, consumer = _function_names(settings)
-            cap_used = settings.drain.max_parallel
-            console.print(f"using the local stack already running from {directory.name}/ "
-                          f"(its cap: {cap_used}; --cap and --sqs apply only to a stack the demo starts)")
+            console.print(f"using the local stack already running from {directory.name}/ with its own lanes "
+                          "(--cap, --sqs and --lanes apply only to a stack the demo starts)")
         else:
-            if cap is not None:
-                settings = settings.model_copy(update={
-                    "drain": settings.drain.model_copy(update={"max_parallel": cap}),
-                    "worker": settings.worker.model_copy(
-                        update={"reserved_concurrency": cap}),  # config check: equal to the cap
-                })
-            cap_used = settings.drain.max_parallel
+            settings = demo_settings(settings, cap, lanes)
             stack = LocalStack(settings, sqs=sqs or settings.local.sqs, database_url=database_url,
                                local_dir=directory)
-            console.print(f"starting the local stack (SQS: {stack.sqs}, cap {cap_used}) ...")
+            caps = ", ".join(f"{lane.name} cap {lane.drain.max_parallel} rate {lane.drain.max_rate:g}/s"
+                             for lane in settings.resolved_lanes())
+            console.print(f"starting the local stack (SQS: {stack.sqs}; {caps}) ...")
             env = stack.start()
-            worker, consumer = _function_names(settings)
         # boto3 in this process talks to the stack's servers.
         use_local_stack(env, default_region=settings.region)
-        ok = run_demo(env, cap=cap_used, worker_function=worker, consumer_function=consumer, items=items,
-                      poison=poison, duplicates=items // 100 if duplicates is None else duplicates,
+        ok = run_demo(env, settings, items=items, poison=poison,
+                      duplicates=items // 100 if duplicates is None else duplicates,
                       request_size=request_size, timeout_s=timeout_s, json_out=json_out,
                       notifications=notifications, notify_poison=notify_poison)
     except KeyboardInterrupt:

@@ -21,8 +21,8 @@ def test_demo_smoke_run_exits_0_with_invariants_from_the_database(tmp_path: Path
     name = f"sluice_demo_{uuid.uuid4().hex[:10]}"
     summary = tmp_path / "summary.json"
     try:
-        # WHEN the demo runs with 200 invoices (3 poison), 60 notifications (2 the vendor refuses)
-        # and 4 keys sent twice
+        # WHEN the demo runs its three lanes with 200 invoices (3 poison), 60 notifications for
+        # vendor a and 12 for vendor b (2 of each refused by the vendor) and 4 keys sent twice
         done = subprocess.run(
             [sys.executable, "-m", "sluice_tools.demo", "--items", "200", "--poison", "3", "--duplicates", "4",
              "--notifications", "60", "--notify-poison", "2",
@@ -34,10 +34,17 @@ def test_demo_smoke_run_exits_0_with_invariants_from_the_database(tmp_path: Path
         # AND off a terminal the summary starts on a line of its own, not after the live frame
         assert any(line.strip().startswith("sluice demo summary") for line in done.stdout.splitlines())
         facts = json.loads(summary.read_text())
-        assert (facts["invoices"], facts["notifications"], facts["ledger_rows"]) == (197, 58, 255)
-        assert facts["dead_lettered"] == 5 and facts["duplicates"] == 0 and facts["lost"] == 0
-        # AND the vendor applied one effect per delivered message, whatever it was sent
-        assert facts["vendor"]["effects"] == facts["vendor"]["distinct_effect_keys"] == 58
+        assert (facts["invoices"], facts["notifications"], facts["ledger_rows"]) == (197, 68, 265)
+        assert facts["dead_lettered"] == 7 and facts["duplicates"] == 0 and facts["lost"] == 0
+        # AND each lane applied what was routed to it, from its own queue, under its own cap
+        lanes = facts["lanes"]
+        assert {lane_name: (lane["applied"], lane["dead_lettered"]) for lane_name, lane in lanes.items()} == {
+            "ledger": (197, 3), "vendor-a": (58, 2), "vendor-b": (10, 2)}
+        assert all(1 <= lane["peak_workers"] <= lane["cap"] for lane in lanes.values())
+        # AND each vendor applied one effect per delivered message, whatever it was sent
+        for vendor_lane in ("vendor-a", "vendor-b"):
+            seen = lanes[vendor_lane]["vendor_facts"]
+            assert seen["effects"] == seen["distinct_effect_keys"] == lanes[vendor_lane]["applied"]
         assert all(facts["checks"].values())
         assert facts["peak_workers"] is not None and 1 <= facts["peak_workers"] <= facts["cap"]
         # AND the database agrees: 197 invoices of this run, none twice, each applied once (a second
