@@ -317,19 +317,21 @@ def test_lambda_requirements_equal_the_project_dependencies() -> None:
     assert sorted(listed) == sorted(declared)
 
 
-def test_the_local_stack_runs_what_the_template_deploys(packaged: Packaged) -> None:
-    # GIVEN the local stack built from the same settings (nothing started)
+def test_the_local_stack_runs_what_the_template_deploys(every_stage: Packaged) -> None:
+    # GIVEN the local stack built from the same settings (nothing started), lanes or not
     from sluice_tools.local.stack import LocalStack
 
-    settings = packaged.settings
+    settings = every_stage.settings
     environment = settings.runtime_env(queue_url="q", dlq_url="d", worker_function=settings.function_name("worker"))
     local = {d.name: d for d in LocalStack(settings).function_definitions(environment)}
     deployed = {
         v["Properties"]["FunctionName"]: v["Properties"]
-        for v in packaged.resources.values() if v["Type"] == "AWS::Lambda::Function"
+        for v in every_stage.resources.values() if v["Type"] == "AWS::Lambda::Function"
     }
-    # THEN both run the same functions, under the same names, handlers and limits
+    # THEN both run the same functions (every lane's consumer and worker), under the same names,
+    # handlers and limits
     assert set(local) == set(deployed)
+    assert len(local) == 2 + 2 * len(settings.resolved_lanes())
     for name, definition in local.items():
         props = deployed[name]
         assert definition.handler == props["Handler"].replace("/", "."), name
