@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sluice.settings import RUNTIME_ENV_NAMES, Lane
+from sluice.settings import PROJECT_ROOT, RUNTIME_ENV_NAMES, Lane
 from sluice_tools.functions import function_table
 
 from .cfn import grants, role_of
@@ -224,6 +227,22 @@ def test_each_lanes_worker_joins_the_vpc_when_the_database_is_managed(lanes: Pac
     groups = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Logs::LogGroup"]
     assert len(groups) == len(function_table(lanes.settings)) + 1
     assert all(g["RetentionInDays"] == 30 for g in groups)
+
+
+def test_a_lane_the_expansion_cannot_resolve_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    # GIVEN a stage whose lane overrides a setting with an invalid value
+    (tmp_path / "config").mkdir()
+    config = (PROJECT_ROOT / "config" / "lanes.yml").read_text()
+    broken = config.replace("worker: {reserved_concurrency: 2}", "worker: {reserved_concurrency: 0}")
+    assert broken != config
+    (tmp_path / "config" / "broken.yml").write_text(broken)
+    # WHEN infra/derived.js's expansion runs on it (what `serverless package` calls)
+    result = subprocess.run([sys.executable, "-m", "sluice_tools.infra_expand", "--stage", "broken", "--part",
+                             "functions", "--root", str(tmp_path)], capture_output=True, text=True, check=False)
+    # THEN it exits non-zero with one line naming the lane and the setting, and prints no JSON
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("sluice: lanes.vendor-b: worker.reserved_concurrency"), result.stderr
 
 
 # -- deployed into moto --------------------------------------------------------------------------

@@ -339,3 +339,37 @@ def test_the_local_stack_runs_what_the_template_deploys(every_stage: Packaged) -
         assert definition.reserved_concurrency == props.get("ReservedConcurrentExecutions"), name
         # AND with the same environment variable names
         assert set(definition.environment) == set(props["Environment"]["Variables"]), name
+
+
+# The logical ids a config without lanes deployed before lanes existed: a changed id would make
+# CloudFormation replace the resource (a new queue, dropping its messages) on the next deploy.
+LANELESS_IDS = {
+    "AlarmEmailSubscription", "AlarmTopic", "ConsumerErrorsAlarm", "ConsumerEventsRuleSchedule1",
+    "ConsumerIamRoleLambdaExecution", "ConsumerLambdaEvConf", "ConsumerLambdaFunction",
+    "ConsumerLambdaPermissionEventsRuleSchedule1", "ConsumerLambdaVersion", "ConsumerLogGroup", "Database",
+    "DatabaseSecret", "DatabaseSecretAttachment", "DatabaseSecurityGroup", "DatabaseSubnetGroup", "DeadLetterQueue",
+    "DeadLetterQueueNotEmptyAlarm", "EndpointSecurityGroup", "EnqueuerIamRoleLambdaExecution",
+    "EnqueuerLambdaFunction", "EnqueuerLambdaPermissionHttpApi", "EnqueuerLambdaVersion", "EnqueuerLogGroup",
+    "HttpApi", "HttpApiIntegrationEnqueuer", "HttpApiLogGroup", "HttpApiRoutePostJobs", "HttpApiStage",
+    "IamRoleLambdaExecution", "JobsQueue", "MigrateIamRoleLambdaExecution", "MigrateLambdaFunction",
+    "MigrateLambdaVersion", "MigrateLogGroup", "OldestMessageAgeAlarm", "PrivateSubnetA", "PrivateSubnetB",
+    "SecretsManagerEndpoint", "ServerlessDeploymentBucket", "ServerlessDeploymentBucketPolicy", "SqsEndpoint", "Vpc",
+    "WorkerIamRoleLambdaExecution", "WorkerLambdaFunction", "WorkerLambdaVersion", "WorkerLogGroup",
+    "WorkerSecurityGroup", "WorkerThrottlesAlarm", "WorkerToDatabaseEgress",
+}
+LANELESS_OUTPUTS = {
+    "AlarmTopicArn", "ConsumerLambdaFunctionQualifiedArn", "DatabaseEndpoint", "DatabaseSecretArn",
+    "DeadLetterQueueUrl", "EnqueuerLambdaFunctionQualifiedArn", "HttpApiId", "HttpApiUrl", "JobsQueueUrl",
+    "MigrateLambdaFunctionQualifiedArn", "ServerlessDeploymentBucketName", "WorkerFunctionName",
+    "WorkerLambdaFunctionQualifiedArn",
+}
+
+
+def test_a_config_without_lanes_keeps_todays_logical_ids(dev: Packaged) -> None:
+    # GIVEN dev, a config without lanes (one consumer: one schedule)
+    template = dev.template
+    # WHEN reading its logical ids (a version's id ends in a hash of the code)
+    ids = {k.split("LambdaVersion")[0] + "LambdaVersion" if "LambdaVersion" in k else k for k in template["Resources"]}
+    # THEN they are exactly the ones it had before lanes, so an existing stack is updated in place
+    assert ids == LANELESS_IDS
+    assert set(template["Outputs"]) == LANELESS_OUTPUTS
