@@ -65,10 +65,12 @@ CHECKOV_VENV  := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 
 # `sluice config check` first: an unsafe config never becomes a package. The plugin's pip runs
-# under the Python scripts/find-python picks (first on PATH too).
+# under the Python scripts/find-python picks (first on PATH too); infra/derived.js expands the
+# functions and lanes with the project's venv (SLUICE_TOOLS_PYTHON).
 package: $(PYSTAMP) $(NODESTAMP)
 	SLUICE_CONFIG_DIR="$(CURDIR)/config" $(VENV)/bin/sluice config check --stage $(STAGE)
 	@py="$$(scripts/find-python)" && PATH="$$(dirname "$$py"):$$PATH" SLUICE_PYTHON="$$py" \
+	  SLUICE_TOOLS_PYTHON="$(CURDIR)/$(PY)" \
 	  $(OSLS) package --stage $(STAGE) --package $(PACKAGE_DIR)
 
 # W3005 (redundant DependsOn) is what the framework and its IAM plugin generate; not ours to fix.

@@ -1,37 +1,38 @@
 'use strict';
-// Values serverless.yml derives from config/<stage>.yml that need arithmetic or repetition,
-// which serverless variables cannot express.
+// What serverless.yml derives from config/<stage>.yml beyond plain variables: the functions and
+// each lane's resources. Serverless variables cannot loop over lanes, so sluice's own Python
+// (sluice_tools/infra_expand.py, from Settings.resolved_lanes() and the function table) writes
+// them as JSON; see docs/adr/0006-lane-expansion.md.
+const { execFileSync } = require('child_process');
+const fs = require('fs');
+const path = require('path');
 
-// One EventBridge schedule per consumer: each tick starts drain.consumers drains (the
-// consumer's reserved concurrency is that same number, so they never pile up).
-module.exports.consumerEvents = async ({ resolveVariable }) => {
-  const consumers = Number(await resolveVariable('self:custom.cfg.drain.consumers'));
-  const rate = await resolveVariable('self:custom.cfg.drain.schedule');
-  return Array.from({ length: consumers }, () => ({ schedule: { rate: [rate] } }));
+// The tooling's Python: the Makefile passes the project's venv; a bare `serverless` run finds it.
+const toolsPython = (root) => {
+  if (process.env.SLUICE_TOOLS_PYTHON) return process.env.SLUICE_TOOLS_PYTHON;
+  const venv = path.join(root, '.venv', 'bin', 'python');
+  return fs.existsSync(venv) ? venv : 'python3';
 };
 
-// SQS wants seconds; config says days.
-module.exports.dlqRetentionSeconds = async ({ resolveVariable }) =>
-  Number(await resolveVariable('self:custom.cfg.queue.dlq_retention_days')) * 86400;
-
-// The task modules, their migration folders and their settings, as sluice.settings'
-// Settings.task_env writes them for the local stack (tests/infra proves the two agree).
-const taskEntries = async (resolveVariable) => {
-  const tasks = await resolveVariable('self:custom.cfg.tasks, null');
-  return Array.isArray(tasks) ? tasks : [];
-};
-module.exports.taskModules = async ({ resolveVariable }) =>
-  (await taskEntries(resolveVariable)).map((t) => t.module).join(',');
-module.exports.taskMigrations = async ({ resolveVariable }) =>
-  (await taskEntries(resolveVariable)).filter((t) => t.migrations).map((t) => `${t.module}=${t.migrations}`).join(',');
-const sortedJson = (value) => {
-  if (Array.isArray(value)) return `[${value.map(sortedJson).join(',')}]`;
-  if (value && typeof value === 'object') {
-    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${sortedJson(value[k])}`).join(',')}}`;
+const expanded = {};
+const expand = async (part, { resolveVariable }) => {
+  const stage = await resolveVariable('sls:stage');
+  const root = path.resolve(__dirname, '..');
+  const key = `${stage}/${part}`;
+  if (!(key in expanded)) {
+    try {
+      const out = execFileSync(toolsPython(root),
+        ['-m', 'sluice_tools.infra_expand', '--stage', stage, '--part', part, '--root', root],
+        { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+      expanded[key] = JSON.parse(out);
+    } catch (err) {
+      // One line saying why (the module prints "sluice: ..."), not a JavaScript stack.
+      const reason = (err.stderr || err.message || String(err)).toString().trim();
+      throw new Error(`infra/derived.js: expanding ${part} for stage ${stage} failed: ${reason}`);
+    }
   }
-  return JSON.stringify(value);
+  return expanded[key];
 };
-module.exports.taskSettings = async ({ resolveVariable }) => {
-  const withSettings = (await taskEntries(resolveVariable)).filter((t) => t.settings && Object.keys(t.settings).length);
-  return sortedJson(Object.fromEntries(withSettings.map((t) => [t.module, t.settings])));
-};
+
+module.exports.functions = (context) => expand('functions', context);
+module.exports.laneResources = (context) => expand('resources', context);

@@ -450,7 +450,7 @@ class Settings(_Section):
 
     def task_env(self) -> dict[str, str]:
         """The task modules, their migration folders and their settings, as handlers read them
-        (infra/derived.js computes the same three strings for serverless.yml)."""
+        (serverless.yml gets them from here too, through sluice_tools/infra_expand.py)."""
         return {
             "SLUICE_TASK_MODULES": ",".join(t.module for t in self.tasks),
             "SLUICE_TASK_MIGRATIONS": ",".join(f"{t.module}={t.migrations}" for t in self.tasks if t.migrations),

@@ -2,7 +2,8 @@
 
 Each stage is packaged into a directory of this session's own (PACKAGE_DIR), so runs of other
 sessions in the same working tree do not collide. The dev stage is the plain deploy; prod is the
-example with a managed RDS MariaDB in a VPC, JWT auth and an alarm e-mail.
+example with a managed RDS MariaDB in a VPC, JWT auth and an alarm e-mail; lanes is the three-lane
+stage (a queue, DLQ, consumer and worker per lane).
 """
 
 from __future__ import annotations
@@ -73,6 +74,18 @@ def dev(package_stage: Callable[[str], Packaged]) -> Packaged:
 @pytest.fixture(scope="session")
 def prod(package_stage: Callable[[str], Packaged]) -> Packaged:
     return package_stage("prod")
+
+
+@pytest.fixture(scope="session")
+def lanes(package_stage: Callable[[str], Packaged]) -> Packaged:
+    """The three-lane stage (config/lanes.yml): a queue, DLQ, consumer and worker per lane."""
+    return package_stage("lanes")
+
+
+@pytest.fixture(scope="session", params=["dev", "prod", "lanes"])
+def every_stage(request: pytest.FixtureRequest, package_stage: Callable[[str], Packaged]) -> Packaged:
+    """dev, prod and the three-lane stage: for what holds whatever the lanes."""
+    return package_stage(str(request.param))
 
 
 @pytest.fixture(scope="session", params=["dev", "prod"])

@@ -57,9 +57,8 @@ def wait_for_stack(cfn: Any, name: str, deadline_s: float = 120) -> dict[str, An
         time.sleep(0.2)  # polling interval of the deadline loop above
 
 
-@pytest.fixture(scope="module")
-def deployed(packaged: Packaged, moto_endpoint: str) -> Iterator[Deployed]:
-    """Each packaged stage (dev: own database; prod: managed RDS in a VPC), deployed."""
+def deploy(packaged: Packaged, moto_endpoint: str) -> Deployed:
+    """Deploy one packaged stage into moto's CloudFormation as `serverless deploy` does."""
     clients = {s: boto3.client(s, endpoint_url=moto_endpoint, region_name=REGION)
                for s in ("cloudformation", "s3", "sqs", "lambda", "iam", "events", "logs", "ec2", "rds")}
     cfn = clients["cloudformation"]
@@ -69,14 +68,20 @@ def deployed(packaged: Packaged, moto_endpoint: str) -> Iterator[Deployed]:
     stack = wait_for_stack(cfn, name)
     bucket = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}["ServerlessDeploymentBucketName"]
     template = packaged.template
-    key = template["Resources"]["WorkerLambdaFunction"]["Properties"]["Code"]["S3Key"]
+    key = template["Resources"]["EnqueuerLambdaFunction"]["Properties"]["Code"]["S3Key"]
     clients["s3"].upload_file(str(packaged.directory / "sluice.zip"), bucket, key)
     cfn.update_stack(StackName=name, TemplateBody=json.dumps(template),
                      Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"])
     wait_for_stack(cfn, name)
     # No delete_stack afterwards: moto 5.2.5 does not record the exports an update adds and fails
     # deleting such a stack; the moto server is this session's own and goes away with it.
-    yield Deployed(packaged, name, clients)
+    return Deployed(packaged, name, clients)
+
+
+@pytest.fixture(scope="module")
+def deployed(packaged: Packaged, moto_endpoint: str) -> Iterator[Deployed]:
+    """Each packaged stage (dev: own database; prod: managed RDS in a VPC), deployed."""
+    yield deploy(packaged, moto_endpoint)
 
 
 def test_queues_exist_with_the_configured_settings(deployed: Deployed) -> None:

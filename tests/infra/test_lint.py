@@ -15,9 +15,9 @@ from .conftest import TEMPLATE, Packaged, copy_for_make, run_make
 pytestmark = pytest.mark.infra
 
 
-def test_cfn_lint_finds_no_errors(packaged: Packaged) -> None:
+def test_cfn_lint_finds_no_errors(every_stage: Packaged) -> None:
     # GIVEN the packaged template of the stage
-    template = packaged.directory / TEMPLATE
+    template = every_stage.directory / TEMPLATE
     # WHEN cfn-lint checks it (W3005 is the framework's own redundant DependsOn; see the Makefile)
     result = subprocess.run([str(PROJECT_ROOT / ".venv/bin/cfn-lint"), "--ignore-checks", "W3005", "--format",
                              "parseable", "--", str(template)], capture_output=True, text=True, check=False)
@@ -26,9 +26,9 @@ def test_cfn_lint_finds_no_errors(packaged: Packaged) -> None:
     assert result.stdout.strip() == ""
 
 
-def test_checkov_fails_nothing_and_every_skip_is_justified(packaged: Packaged, checkov: Path) -> None:
+def test_checkov_fails_nothing_and_every_skip_is_justified(every_stage: Packaged, checkov: Path) -> None:
     # GIVEN the packaged template of the stage
-    template = packaged.directory / TEMPLATE
+    template = every_stage.directory / TEMPLATE
     # WHEN checkov scans it offline
     result = subprocess.run([str(checkov), "--compact", "--skip-download", "--framework",
                              "cloudformation", "-o", "json", "-f", str(template)],

@@ -317,19 +317,21 @@ def test_lambda_requirements_equal_the_project_dependencies() -> None:
     assert sorted(listed) == sorted(declared)
 
 
-def test_the_local_stack_runs_what_the_template_deploys(packaged: Packaged) -> None:
-    # GIVEN the local stack built from the same settings (nothing started)
+def test_the_local_stack_runs_what_the_template_deploys(every_stage: Packaged) -> None:
+    # GIVEN the local stack built from the same settings (nothing started), lanes or not
     from sluice_tools.local.stack import LocalStack
 
-    settings = packaged.settings
+    settings = every_stage.settings
     environment = settings.runtime_env(queue_url="q", dlq_url="d", worker_function=settings.function_name("worker"))
     local = {d.name: d for d in LocalStack(settings).function_definitions(environment)}
     deployed = {
         v["Properties"]["FunctionName"]: v["Properties"]
-        for v in packaged.resources.values() if v["Type"] == "AWS::Lambda::Function"
+        for v in every_stage.resources.values() if v["Type"] == "AWS::Lambda::Function"
     }
-    # THEN both run the same functions, under the same names, handlers and limits
+    # THEN both run the same functions (every lane's consumer and worker), under the same names,
+    # handlers and limits
     assert set(local) == set(deployed)
+    assert len(local) == 2 + 2 * len(settings.resolved_lanes())
     for name, definition in local.items():
         props = deployed[name]
         assert definition.handler == props["Handler"].replace("/", "."), name
@@ -337,3 +339,37 @@ def test_the_local_stack_runs_what_the_template_deploys(packaged: Packaged) -> N
         assert definition.reserved_concurrency == props.get("ReservedConcurrentExecutions"), name
         # AND with the same environment variable names
         assert set(definition.environment) == set(props["Environment"]["Variables"]), name
+
+
+# The logical ids a config without lanes deployed before lanes existed: a changed id would make
+# CloudFormation replace the resource (a new queue, dropping its messages) on the next deploy.
+LANELESS_IDS = {
+    "AlarmEmailSubscription", "AlarmTopic", "ConsumerErrorsAlarm", "ConsumerEventsRuleSchedule1",
+    "ConsumerIamRoleLambdaExecution", "ConsumerLambdaEvConf", "ConsumerLambdaFunction",
+    "ConsumerLambdaPermissionEventsRuleSchedule1", "ConsumerLambdaVersion", "ConsumerLogGroup", "Database",
+    "DatabaseSecret", "DatabaseSecretAttachment", "DatabaseSecurityGroup", "DatabaseSubnetGroup", "DeadLetterQueue",
+    "DeadLetterQueueNotEmptyAlarm", "EndpointSecurityGroup", "EnqueuerIamRoleLambdaExecution",
+    "EnqueuerLambdaFunction", "EnqueuerLambdaPermissionHttpApi", "EnqueuerLambdaVersion", "EnqueuerLogGroup",
+    "HttpApi", "HttpApiIntegrationEnqueuer", "HttpApiLogGroup", "HttpApiRoutePostJobs", "HttpApiStage",
+    "IamRoleLambdaExecution", "JobsQueue", "MigrateIamRoleLambdaExecution", "MigrateLambdaFunction",
+    "MigrateLambdaVersion", "MigrateLogGroup", "OldestMessageAgeAlarm", "PrivateSubnetA", "PrivateSubnetB",
+    "SecretsManagerEndpoint", "ServerlessDeploymentBucket", "ServerlessDeploymentBucketPolicy", "SqsEndpoint", "Vpc",
+    "WorkerIamRoleLambdaExecution", "WorkerLambdaFunction", "WorkerLambdaVersion", "WorkerLogGroup",
+    "WorkerSecurityGroup", "WorkerThrottlesAlarm", "WorkerToDatabaseEgress",
+}
+LANELESS_OUTPUTS = {
+    "AlarmTopicArn", "ConsumerLambdaFunctionQualifiedArn", "DatabaseEndpoint", "DatabaseSecretArn",
+    "DeadLetterQueueUrl", "EnqueuerLambdaFunctionQualifiedArn", "HttpApiId", "HttpApiUrl", "JobsQueueUrl",
+    "MigrateLambdaFunctionQualifiedArn", "ServerlessDeploymentBucketName", "WorkerFunctionName",
+    "WorkerLambdaFunctionQualifiedArn",
+}
+
+
+def test_a_config_without_lanes_keeps_todays_logical_ids(dev: Packaged) -> None:
+    # GIVEN dev, a config without lanes (one consumer: one schedule)
+    template = dev.template
+    # WHEN reading its logical ids (a version's id ends in a hash of the code)
+    ids = {k.split("LambdaVersion")[0] + "LambdaVersion" if "LambdaVersion" in k else k for k in template["Resources"]}
+    # THEN they are exactly the ones it had before lanes, so an existing stack is updated in place
+    assert ids == LANELESS_IDS
+    assert set(template["Outputs"]) == LANELESS_OUTPUTS
