@@ -35,6 +35,8 @@ from sluice_tools.local.fauxqs import FauxqsServer
 from sluice_tools.local.mariadb import PrivateMariaDB
 from sluice_tools.local.processes import StartStopContext, poll_until
 from sluice_tools.local.stack import LocalStack
+from sluice_tools.local.vendor_client import VendorClient
+from sluice_tools.ops.dlq import list_dead_letters
 from sluice_tools.ops.status import queue_counts
 
 MACHINE_DB = "mysql://root@127.0.0.1:3306/"
@@ -111,6 +113,18 @@ def make_items(run: str, valid: int, poison: int, *, groups: int = 4,
     return items
 
 
+CHAOS_LANE = "chaos"
+# Beside the chaos lane, each with a cap of one: what the vendor-outage scenario breaks, and what
+# proves the other scenarios hold on a stack of several lanes.
+CHAOS_SIDE_LANES: dict[str, dict[str, Any]] = {
+    "ledger": {"tasks": ["invoice.record"], "drain": {"max_parallel": 1}, "worker": {"reserved_concurrency": 1}},
+    "vendor-a": {"tasks": ["notify.send"], "match": {"payload.vendor": "a"},
+                 "drain": {"max_parallel": 1, "max_rate": 25}, "worker": {"reserved_concurrency": 1, "batch_size": 5}},
+    "vendor-b": {"tasks": ["notify.send"], "match": {"payload.vendor": "b"},
+                 "drain": {"max_parallel": 1, "max_rate": 5}, "worker": {"reserved_concurrency": 1, "batch_size": 2}},
+}
+
+
 @dataclass
 class ChaosRun(StartStopContext):
     """A stack for one scenario. ``with ChaosRun(...) as run:`` starts it and stops it."""
@@ -127,6 +141,9 @@ class ChaosRun(StartStopContext):
     private_db: bool = False
     tick_s: float = 0.3
     seed: int = 1
+    # The scenarios run on a multi-lane stack: chaos.apply in the first lane (the one every
+    # scenario breaks and counts), invoices and two vendor lanes beside it (CHAOS_SIDE_LANES).
+    lanes: bool = True
 
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8], init=False)
     stack: LocalStack | None = field(default=None, init=False)
@@ -154,7 +171,14 @@ class ChaosRun(StartStopContext):
             # The application's task modules, as the local stage runs them (chaos.apply is added
             # to this stack's functions only, through SLUICE_EXTRA_TASK_MODULES).
             tasks=local.tasks,
+            lanes={CHAOS_LANE: {"tasks": ["chaos.apply"]}, **CHAOS_SIDE_LANES} if self.lanes else {},
         )
+
+    def function_key(self, role: str, lane: str | None = None) -> str:
+        """The function of ``role`` in ``lane`` (default: the chaos lane, or the only one)."""
+        if role not in ("consumer", "worker"):
+            return role
+        return self.settings.lane(lane or (CHAOS_LANE if self.lanes else None)).function_key(role)
 
     @property
     def chaos_dir(self) -> Path:
@@ -211,9 +235,10 @@ class ChaosRun(StartStopContext):
         assert self.stack is not None and self.stack.lambdas is not None
         return {name: s.as_dict() for name, s in self.stack.lambdas.stats().items()}
 
-    def function(self, key: str) -> dict[str, Any]:
+    def function(self, key: str, lane: str | None = None) -> dict[str, Any]:
+        """The Lambda service's counters of one function: a role of the chaos lane by default."""
         assert self.stack is not None
-        return self.lambda_stats()[self.stack.function_name(key)]
+        return self.lambda_stats()[self.stack.function_name(self.function_key(key, lane))]
 
     def enqueue(self, items: list[Item], timeout_s: float = 60) -> None:
         """POST the items to /jobs (real HTTP) in requests of 100 until each one is accepted.
@@ -298,6 +323,38 @@ class ChaosRun(StartStopContext):
                 self._direct_sqs.delete_message(QueueUrl=self.stack.queues.dlq_url,
                                                 ReceiptHandle=m["ReceiptHandle"])
         return found
+
+    # -- the side lanes (invoices, vendors) ----------------------------------------------------
+
+    def vendors(self) -> VendorClient:
+        """The stand-in vendor API's admin client (vendor outages, counters)."""
+        assert self.stack is not None
+        return VendorClient(self.stack.env["SLUICE_VENDOR_URL"])
+
+    def post_items(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """POST request items as they are (any task, any lane); the API's 202 body."""
+        assert self.stack is not None and self.stack.api is not None
+        request = urllib.request.Request(self.stack.api.url.rstrip("/") + "/jobs", method="POST",
+                                         data=json.dumps({"items": items}).encode(),
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            if reply.status != 202:
+                raise ScenarioError(f"POST /jobs answered {reply.status}")
+            answer: dict[str, Any] = json.loads(reply.read())
+        return answer
+
+    def count(self, sql: str, *args: Any) -> int:
+        with self.db() as conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            row = cur.fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+    def lane_dead_letters(self, lane: str) -> dict[str, dict[str, str]]:
+        """Every dead letter of ``lane``'s DLQ: item key -> its sluice_* attributes (left in place)."""
+        assert self.stack is not None
+        queue = Queue(self.stack.lane_queues[lane].dlq_url, sqs=self._direct_sqs)
+        return {letter.key: {"sluice_error": letter.reason, "sluice_error_type": letter.error_type}
+                for letter in list_dead_letters(queue).letters}
 
     # -- faults ---------------------------------------------------------------------------
 

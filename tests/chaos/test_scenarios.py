@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,4 +133,64 @@ def test_worker_timeout_keeps_group_order(tmp_path: Path, record_result: Record)
         assert run.function("worker")["timeouts"] > 0, "the slow item never timed the worker out"
         result = record_result(run.verify(items))
         assert result.order_ok
+        check(result)
+
+
+def _invoices(run: ChaosRun, tag: str, n: int) -> list[dict[str, Any]]:
+    return [{"task": "invoice.record", "key": f"{run.run_id}-{tag}-{i}",
+             "payload": {"customer": "acme", "amount_cents": 100 + i, "currency": "EUR"}} for i in range(n)]
+
+
+def _time_to_apply(run: ChaosRun, items: list[dict[str, Any]], timeout_s: float = 120) -> float:
+    """Seconds from the POST until every one of these invoices is in the database."""
+    prefix = items[0]["key"].rsplit("-", 1)[0] + "-%"
+    started = time.monotonic()
+    run.post_items(items)
+    wait_for(lambda: run.count("SELECT COUNT(*) FROM invoices WHERE item_key LIKE %s", prefix) >= len(items),
+             timeout_s, "the ledger lane's invoices applied")
+    return time.monotonic() - started
+
+
+def test_one_lanes_vendor_down_mid_drain(tmp_path: Path, record_result: Record, summary_lines: list[str]) -> None:
+    valid, poison, invoices = (60, 4, 200) if FULL else (20, 2, 40)
+    with ChaosRun("vendor b down 20 s (refused, then 503)", tmp_path) as run:
+        vendors = run.vendors()
+        # A vendor in trouble asks for more than a second between tries.
+        vendors.update("b", retry_after_s=5)
+        # GIVEN how long the ledger lane (warm) takes for a batch of invoices with every vendor healthy
+        _time_to_apply(run, _invoices(run, "warm", 2))
+        alone_s = _time_to_apply(run, _invoices(run, "alone", invoices))
+        # AND a backlog in vendor b's lane (5 messages/s), some of them refused by the vendor
+        messages = [{"task": "notify.send", "key": f"{run.run_id}-b-{i}", "group": f"to-{i}",
+                     "payload": {"vendor": "b", "to": "not-a-number" if i >= valid else f"+4915{i:09d}",
+                                 "text": f"{run.run_id} message {i}"}} for i in range(valid + poison)]
+        answer = run.post_items(messages)
+        assert {row["lane"] for row in answer["items"]} == {"vendor-b"}
+        wait_for(lambda: vendors.counters("b").effects_applied >= 3, 60, "vendor b's drain to start")
+        # WHEN vendor b goes away mid-drain: connections refused for 10 s, then 503s for 10 s
+        vendors.outage("b", refuse_s=10, down_s=10)
+        # AND the ledger lane gets the same batch of invoices meanwhile
+        loaded_s = _time_to_apply(run, _invoices(run, "loaded", invoices))
+        # THEN every valid message is delivered once it is back, the refused ones dead-lettered
+        wait_for(lambda: run.count("SELECT COUNT(*) FROM notifications WHERE item_key LIKE %s",
+                                   f"{run.run_id}-b-%") >= valid, 240, "vendor b's messages delivered")
+        dead = wait_for(lambda: (d := run.lane_dead_letters("vendor-b")) and len(d) >= poison and d, 120,
+                        "vendor b's refused messages in its DLQ")
+        ours = [m for m in vendors.messages("b") if m.text.startswith(f"{run.run_id} ")]
+        repeated = len(ours) - len({m.key for m in ours})
+        applied_once = run.count("SELECT COUNT(*) FROM notifications WHERE item_key LIKE %s AND apply_count = 1",
+                                 f"{run.run_id}-b-%")
+        worker = run.function("worker", "vendor-b")
+        result = record_result(ScenarioResult(
+            scenario=run.name, items=valid + poison, applied_once=applied_once,
+            duplicates=repeated + run.count("SELECT COUNT(*) FROM notifications WHERE item_key LIKE %s AND "
+                                            "apply_count > 1", f"{run.run_id}-b-%"),
+            lost=valid - len({m.key for m in ours}), in_dlq=len(set(dead) & {m["key"] for m in messages[valid:]}),
+            poison=poison, peak_workers=int(worker["peak_busy"]), cap=1, order_ok=True))
+        if set(dead) - {m["key"] for m in messages[valid:]}:
+            result.problems.append(f"valid messages dead-lettered: {sorted(set(dead))[:3]}")
+        # AND the other lane was not slowed by it (a ratio of two timings in this run, printed, not asserted)
+        summary_lines.append(f"vendor outage: ledger lane time to apply {invoices} invoices with vendor b down / "
+                             f"all healthy = {loaded_s / alone_s:.2f} ({loaded_s:.1f} s / {alone_s:.1f} s; "
+                             "goal <= 1.2)")
         check(result)

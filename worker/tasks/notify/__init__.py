@@ -16,9 +16,11 @@ How the vendor's answers map onto sluice's errors:
 * a timeout or a refused connection -> ``TransientTaskError`` (the worker's backoff).
 
 Settings (``tasks: - module: worker.tasks.notify, settings: {...}`` in config/<stage>.yml):
-``url`` (the vendor API's base URL; ``SLUICE_VENDOR_URL`` overrides it, as the local stack
-sets it), ``secret`` (a Secrets Manager secret holding ``{"token": "..."}``; the worker may
-read secrets under ``<service>/<stage>/tasks/``), ``timeout_s`` (per call, default 5).
+``url`` (the vendor API's base URL; ``urls: {vendor: url}`` for vendors with a base URL of their
+own; ``SLUICE_VENDOR_URL_<VENDOR>`` and then ``SLUICE_VENDOR_URL`` override them, as the local
+stack sets them), ``secret`` (a Secrets Manager secret holding ``{"token": "..."}``; the worker may
+read secrets under ``<service>/<stage>/tasks/``; ``SLUICE_VENDOR_SECRET_ID`` overrides it),
+``timeout_s`` (per call, default 5).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from sluice.db import starts_with
 from sluice.observability import logger
 
 URL_OVERRIDE_ENV = "SLUICE_VENDOR_URL"
+SECRET_OVERRIDE_ENV = "SLUICE_VENDOR_SECRET_ID"  # the local stack's own secret, whatever the stage
 MAX_REASON_CHARS = 300
 
 
@@ -68,15 +71,24 @@ def _settings() -> dict[str, Any]:
     return task_settings(__name__)
 
 
-def vendor_config() -> VendorConfig:
+def vendor_url(vendor: str) -> str:
+    """The base URL of ``vendor``'s API: its own override, the shared one, its own setting, the default."""
+    settings = _settings()
+    urls = settings.get("urls")
+    own: dict[str, Any] = urls if isinstance(urls, dict) else {}
+    return (os.environ.get(f"{URL_OVERRIDE_ENV}_{vendor.upper().replace('-', '_')}")
+            or os.environ.get(URL_OVERRIDE_ENV) or str(own.get(vendor) or settings.get("url") or ""))
+
+
+def vendor_config(vendor: str = "") -> VendorConfig:
     """The vendor's URL and token, read once per container (the secret through Powertools'
     cache, so a rotated token is picked up within its max age)."""
     settings = _settings()
-    url = os.environ.get(URL_OVERRIDE_ENV) or str(settings.get("url") or "")
+    url = vendor_url(vendor)
     if not url:
         raise NotifySettingsError(f"no vendor URL: set settings.url of {__name__} in config (or {URL_OVERRIDE_ENV})")
     token = str(settings.get("token") or "")
-    secret = str(settings.get("secret") or "")
+    secret = os.environ.get(SECRET_OVERRIDE_ENV) or str(settings.get("secret") or "")
     if secret:
         from aws_lambda_powertools.utilities import parameters
 
@@ -174,7 +186,7 @@ def record_delivery(tx: Transaction, item: WorkItem, payload: NotifyPayload, del
 @task("notify.send", NotifyPayload)
 def send_notification(tx: Transaction, payload: NotifyPayload, item: WorkItem) -> None:
     try:
-        config = vendor_config()
+        config = vendor_config(payload.vendor)
     except NotifySettingsError as exc:
         # A deploy can fix it; until then the items wait (and dead-letter with this reason).
         raise TransientTaskError(str(exc)) from None
