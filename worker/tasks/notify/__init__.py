@@ -68,13 +68,14 @@ def _settings() -> dict[str, Any]:
     return task_settings(__name__)
 
 
-def vendor_config() -> VendorConfig:
+def vendor_config(settings: dict[str, Any] | None = None, module: str = __name__) -> VendorConfig:
     """The vendor's URL and token, read once per container (the secret through Powertools'
-    cache, so a rotated token is picked up within its max age)."""
-    settings = _settings()
+    cache, so a rotated token is picked up within its max age). ``settings`` and ``module``:
+    another task module's own (default: this one's), for a task calling a vendor the same way."""
+    settings = _settings() if settings is None else settings
     url = os.environ.get(URL_OVERRIDE_ENV) or str(settings.get("url") or "")
     if not url:
-        raise NotifySettingsError(f"no vendor URL: set settings.url of {__name__} in config (or {URL_OVERRIDE_ENV})")
+        raise NotifySettingsError(f"no vendor URL: set settings.url of {module} in config (or {URL_OVERRIDE_ENV})")
     token = str(settings.get("token") or "")
     secret = str(settings.get("secret") or "")
     if secret:
