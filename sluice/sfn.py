@@ -133,10 +133,9 @@ class StateMachine:
                     error = str(details.get("error", "")) or kind
                     cause = str(details.get("cause", ""))
                 elif kind.endswith(("Failed", "TimedOut")) and not kind.startswith("Execution"):
-                    details: dict[str, Any] = next(
+                    found: dict[str, Any] = next(
                         (v for k, v in event.items() if k.endswith("EventDetails") and isinstance(v, dict)), {})
-                    task_failure = Failure(state, str(details.get("error", "")) or kind,
-                                           str(details.get("cause", "")))
+                    task_failure = Failure(state, str(found.get("error", "")) or kind, str(found.get("cause", "")))
             token = reply.get("nextToken")
             if not token:
                 break
