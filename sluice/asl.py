@@ -9,6 +9,7 @@ Lambda), so the config checks can name a step task no module registers.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -76,3 +77,25 @@ def step_tasks(definition: Mapping[str, Any]) -> dict[str, str]:
         if isinstance(parameters, Mapping) and isinstance(parameters.get("task"), str):
             found[name] = parameters["task"]
     return found
+
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+
+
+def substitute(definition: Any, values: Mapping[str, str]) -> Any:
+    """``${Name}`` placeholders in every string replaced by ``values[Name]``, as CloudFormation's
+    DefinitionSubstitutions does at deploy time; the local stack and the tests use this. A
+    placeholder without a value is a DefinitionError (a definition would fail far from here)."""
+    if isinstance(definition, str):
+        def value(match: re.Match[str]) -> str:
+            if match.group(1) not in values:
+                raise DefinitionError(f"the definition uses ${{{match.group(1)}}}, which has no value "
+                                      f"(given: {', '.join(sorted(values)) or 'none'})")
+            return values[match.group(1)]
+
+        return _PLACEHOLDER.sub(value, definition)
+    if isinstance(definition, Mapping):
+        return {k: substitute(v, values) for k, v in definition.items()}
+    if isinstance(definition, list):
+        return [substitute(v, values) for v in definition]
+    return definition

@@ -4,12 +4,10 @@ state machine's Retry and Catch match."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from sluice.db import Database
@@ -18,7 +16,7 @@ from sluice.flowitem import FlowItem
 from sluice.step import PERMANENT_ERROR, TRANSIENT_ERROR, PermanentStepError, TransientStepError, run_step
 from sluice_tools.local.vendor_api import VendorApi, VendorSettings
 from sluice_tools.local.vendor_client import VendorClient
-from tests.conftest import REGION
+from tests.helpers import vendor_token
 from worker.tasks import accounting, invoices, notify
 
 pytestmark = pytest.mark.integration
@@ -27,16 +25,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def token(moto_aws: str) -> str:
-    """The token in the secret config/local.yml names (another suite of this session may have
-    made it first: the task caches the secret, so that one is kept)."""
-    client = boto3.client("secretsmanager", endpoint_url=moto_aws, region_name=REGION)
-    name = notify.task_settings(accounting.__name__)["secret"]
-    try:
-        return str(json.loads(client.get_secret_value(SecretId=name)["SecretString"])["token"])
-    except client.exceptions.ResourceNotFoundException:
-        fresh = "step-token-" + uuid.uuid4().hex[:8]
-        client.create_secret(Name=name, SecretString=json.dumps({"token": fresh}))
-        return fresh
+    return vendor_token(moto_aws)
 
 
 @pytest.fixture
