@@ -156,6 +156,19 @@ MatchValue = str | int | float | bool
 UNRESERVED_MINIMUM = 100
 
 
+class FlowSettings(_Section):
+    """A workflow lane's state machine (DESIGN.md section 13): each item starts one execution
+    of the definition in ``definition`` (ASL JSON or YAML, relative to the project root)."""
+
+    definition: str = Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*\.(json|ya?ml)$")
+    # The state machine's name; "" = <service>-<stage>-<lane>.
+    name: str = Field("", pattern=r"^([A-Za-z0-9_-]{1,80})?$")
+
+    @property
+    def path(self) -> Path:
+        return PROJECT_ROOT / self.definition
+
+
 class LaneSettings(_Section):
     """One entry of ``lanes:``: which items it carries and what it overrides."""
 
@@ -166,6 +179,8 @@ class LaneSettings(_Section):
     queue: dict[str, Any] = Field(default_factory=dict)
     drain: dict[str, Any] = Field(default_factory=dict)
     worker: dict[str, Any] = Field(default_factory=dict)
+    # A workflow lane: its items start executions of this state machine instead of worker invokes.
+    flow: FlowSettings | None = None
 
     @model_validator(mode="after")
     def _match_paths(self) -> LaneSettings:
@@ -190,6 +205,7 @@ class Lane:
     queue: QueueSettings
     drain: DrainSettings
     worker: WorkerSettings
+    flow: FlowSettings | None = None  # a workflow lane's state machine; None: a worker lane
 
     def function_key(self, role: str) -> str:
         """serverless.yml's key of this lane's ``role`` function: ``worker``, ``worker-vendor-a``."""
@@ -286,7 +302,7 @@ class Settings(_Section):
                                    for e in exc.errors(include_url=False))
                 raise ValueError(f"lanes.{name}: {detail}") from None
             match = tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in lane.match.items())
-            lanes.append(Lane(name, False, tuple(lane.tasks), match, queue, drain, worker))
+            lanes.append(Lane(name, False, tuple(lane.tasks), match, queue, drain, worker, lane.flow))
         return lanes
 
     def lane(self, name: str | None) -> Lane:
@@ -318,6 +334,7 @@ class Settings(_Section):
             found += [prefix + p for p in _lane_problems(lane.queue, lane.drain, lane.worker)]
         found += self._routing_problems(lanes, None if known_tasks is None else set(known_tasks))
         found += self._account_problems(lanes)
+        found += _flow_problems(lanes, None if known_tasks is None else set(known_tasks))
         q = self.queue
         if self.api.auth == "jwt" and not (self.api.jwt_issuer and self.api.jwt_audience):
             found.append("api.auth is 'jwt' but api.jwt_issuer or api.jwt_audience is empty")
@@ -457,6 +474,28 @@ class Settings(_Section):
             "SLUICE_TASK_SETTINGS": json.dumps({t.module: t.settings for t in self.tasks if t.settings},
                                                sort_keys=True, separators=(",", ":")),
         }
+
+
+def _flow_problems(lanes: list[Lane], known_tasks: set[str] | None) -> list[str]:
+    """A workflow lane's definition file must exist and be ASL; its steps must run known tasks."""
+    from sluice.asl import DefinitionError, load_definition, step_tasks
+
+    found: list[str] = []
+    for lane in lanes:
+        if lane.flow is None:
+            continue
+        try:
+            definition = load_definition(lane.flow.path)
+        except DefinitionError as exc:
+            found.append(f"lanes.{lane.name}.flow: {exc} (flow.definition {lane.flow.definition!r} is a path "
+                         "relative to the project root)")
+            continue
+        if known_tasks is not None:
+            for state, task_name in step_tasks(definition).items():
+                if task_name not in known_tasks:
+                    found.append(f"lanes.{lane.name}.flow: state {state!r} runs task {task_name!r}, which no "
+                                 f"configured module registers (known: {', '.join(sorted(known_tasks))})")
+    return found
 
 
 def _lane_problems(q: QueueSettings, d: DrainSettings, w: WorkerSettings) -> list[str]:

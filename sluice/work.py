@@ -32,20 +32,14 @@ from typing import Any
 from aws_lambda_powertools.utilities.data_classes import SQSEvent
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
+from sluice.apply import ItemRefusedError, apply_item, resolve
 from sluice.aws import AwsError, OutgoingMessage, Queue
 from sluice.backoff import SQS_MAX_VISIBILITY_S, VisibilityBackoff
-from sluice.contract import DEAD_LETTERED, DONE, DUPLICATE, RETRY, Outcome, WorkerPayload, WorkerResponse, WorkerResult
-from sluice.db import Database, DbError, DbUnavailableError, TransientDbError, claim
+from sluice.contract import DEAD_LETTERED, RETRY, Outcome, WorkerPayload, WorkerResponse, WorkerResult
+from sluice.db import Database, DbUnavailableError, TransientDbError
 from sluice.envelope import Envelope, EnvelopeError
 from sluice.observability import MetricUnit, count, logger, metrics
-from sluice.tasks import (
-    PayloadError,
-    PermanentTaskError,
-    TransientTaskError,
-    UnknownTaskError,
-    WorkItem,
-    get_task,
-)
+from sluice.tasks import TransientTaskError, WorkItem
 
 _MESSAGE_KEYS = ["message_id", "group", "task", "key"]
 MAX_REASON_CHARS = 1000
@@ -87,12 +81,6 @@ class _Deletions:
             except AwsError:
                 logger.exception("could not delete a message; a redelivery will be recognised")
                 count("delete_failed")
-
-
-class _PermanentError(Exception):
-    def __init__(self, error_type: str, reason: str) -> None:
-        super().__init__(reason)
-        self.error_type = error_type
 
 
 def dlq_dedup_id(source_dedup_id: str, message_id: str) -> str:
@@ -177,7 +165,7 @@ def _handle(record: SQSRecord, batch: _BatchState, deletions: _Deletions, *, db:
     source_dedup = record.attributes.message_deduplication_id or ""
     try:
         outcome = _apply(record, batch, db, receive_count)
-    except _PermanentError as exc:
+    except ItemRefusedError as exc:
         reason = str(exc)
         logger.warning("permanent failure: dead-lettering",
                        extra={"error_type": exc.error_type, "reason": reason})
@@ -205,19 +193,13 @@ def _handle(record: SQSRecord, batch: _BatchState, deletions: _Deletions, *, db:
 
 
 def _apply(record: SQSRecord, batch: _BatchState, db: Database, receive_count: int) -> Outcome:
-    """Validate, then the one transaction. Raises _PermanentError, TransientDbError or anything unexpected."""
+    """Validate, then the one transaction. Raises ItemRefusedError, TransientDbError or anything unexpected."""
     try:
         envelope = Envelope.from_body(record.body)
     except EnvelopeError as exc:
-        raise _PermanentError("envelope", f"malformed message body: {exc}") from None
+        raise ItemRefusedError("envelope", f"malformed message body: {exc}") from None
     logger.append_keys(task=envelope.task, key=envelope.key)
-    try:
-        task = get_task(envelope.task)
-        payload = task.parse(envelope.payload)
-    except UnknownTaskError as exc:
-        raise _PermanentError("unknown_task", str(exc)) from None
-    except PayloadError as exc:
-        raise _PermanentError("payload", f"payload does not match {envelope.task}: {exc}") from None
+    task, payload = resolve(envelope.task, envelope.payload)
     item = WorkItem(task=envelope.task, key=envelope.key, dedup_id=envelope.dedup_id,
                     message_id=record.message_id, group_id=record.attributes.message_group_id or "",
                     receive_count=receive_count, enqueued_at=envelope.enqueued_at, trace_id=envelope.trace_id)
@@ -226,23 +208,10 @@ def _apply(record: SQSRecord, batch: _BatchState, db: Database, receive_count: i
         # budget on connect timeouts; they retry later with the same backoff instead.
         raise batch.db_unavailable
     try:
-        with db.transaction() as tx:
-            if not claim(tx, dedup_id=item.dedup_id, task=item.task, item_key=item.key,
-                         message_id=item.message_id, group_id=item.group_id):
-                logger.info("already applied (ledger row present): deleting only")
-                return DUPLICATE
-            task.function(tx, payload, item)
-    except PermanentTaskError as exc:
-        raise _PermanentError("business", str(exc) or type(exc).__name__) from None
+        return apply_item(db, task, payload, item)
     except DbUnavailableError as exc:
         batch.db_unavailable = exc
         raise
-    except TransientDbError:
-        raise
-    except DbError as exc:
-        raise _PermanentError("database", f"the database refused the item: {exc}") from None
-    logger.info("applied")
-    return DONE
 
 
 def _dead_letter(record: SQSRecord, dlq: Queue, queue: Queue, deletions: _Deletions, error_type: str,

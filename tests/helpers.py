@@ -100,3 +100,22 @@ class SteppedClock:
     def sleep(self, seconds: float) -> None:
         with self._lock:
             self.now += seconds
+
+
+def vendor_token(moto_endpoint: str) -> str:
+    """The stand-in vendor's token in the secret config/local.yml's task settings name, made on
+    moto if no suite of this session made it first (tasks cache the secret, so that one is kept)."""
+    import json
+
+    import boto3
+
+    from worker.tasks import notify
+
+    client = boto3.client("secretsmanager", endpoint_url=moto_endpoint, region_name="us-east-1")
+    name = notify.task_settings(notify.__name__)["secret"]
+    try:
+        return str(json.loads(client.get_secret_value(SecretId=name)["SecretString"])["token"])
+    except client.exceptions.ResourceNotFoundException:
+        fresh = "vendor-token-" + uuid.uuid4().hex[:8]
+        client.create_secret(Name=name, SecretString=json.dumps({"token": fresh}))
+        return fresh

@@ -4,41 +4,36 @@ and the vendor's answers turned into sluice's errors."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from sluice.backoff import VisibilityBackoff as Backoff
 from sluice.db import Database, TransientDbError
 from sluice_tools.local.vendor_api import VendorApi, VendorSettings
 from sluice_tools.local.vendor_client import VendorClient
-from tests.conftest import REGION, FifoQueues, free_port
+from tests.conftest import FifoQueues, free_port
+from tests.helpers import vendor_token
 from tests.integration.test_work import dead_letters, outcomes, receive_event, run, send
 from worker.tasks import notify
 
 pytestmark = pytest.mark.integration
 
 AT_ONCE = Backoff(base_s=0, cap_s=0)
-TOKEN = "test-token-" + uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="module")
 def vendor_secret(moto_aws: str) -> str:
     """The token in the secret config/local.yml names, as the local stack makes it."""
-    name = notify.task_settings(notify.__name__)["secret"]
-    client = boto3.client("secretsmanager", endpoint_url=moto_aws, region_name=REGION)
-    client.create_secret(Name=name, SecretString=json.dumps({"token": TOKEN}))
-    return name
+    return vendor_token(moto_aws)
 
 
 @pytest.fixture
 def vendors(vendor_secret: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[VendorClient]:
-    api = VendorApi({"fast": VendorSettings(token=TOKEN, rate_per_s=1000, burst=1000),
-                     "tight": VendorSettings(token=TOKEN, rate_per_s=0.01, burst=1)})
+    api = VendorApi({"fast": VendorSettings(token=vendor_secret, rate_per_s=1000, burst=1000),
+                     "tight": VendorSettings(token=vendor_secret, rate_per_s=0.01, burst=1)})
     api.start()
     monkeypatch.setenv(notify.URL_OVERRIDE_ENV, api.url)
     yield VendorClient(api.url)

@@ -90,6 +90,7 @@ def test_the_migrate_function_migrates_with_the_worker_credentials(scratch_url: 
 
     # THEN it applies every migration once and reports what it did, without the password
     assert first["applied"] == ["0001_ledger", "worker.tasks.invoices:0001_invoices",
-                                "worker.tasks.notify:0001_notifications"] == first["known"]
+                                "worker.tasks.notify:0001_notifications",
+                                "worker.tasks.accounting:0001_accounting_posts"] == first["known"]
     assert second["applied"] == []
     assert first["database"].endswith(scratch_url.rsplit("/", 1)[1])

@@ -71,22 +71,22 @@ def _settings() -> dict[str, Any]:
     return task_settings(__name__)
 
 
-def vendor_url(vendor: str) -> str:
+def vendor_url(vendor: str, settings: dict[str, Any]) -> str:
     """The base URL of ``vendor``'s API: its own override, the shared one, its own setting, the default."""
-    settings = _settings()
     urls = settings.get("urls")
     own: dict[str, Any] = urls if isinstance(urls, dict) else {}
     return (os.environ.get(f"{URL_OVERRIDE_ENV}_{vendor.upper().replace('-', '_')}")
             or os.environ.get(URL_OVERRIDE_ENV) or str(own.get(vendor) or settings.get("url") or ""))
 
 
-def vendor_config(vendor: str = "") -> VendorConfig:
-    """The vendor's URL and token, read once per container (the secret through Powertools'
-    cache, so a rotated token is picked up within its max age)."""
-    settings = _settings()
-    url = vendor_url(vendor)
+def vendor_config(vendor: str = "", settings: dict[str, Any] | None = None, module: str = __name__) -> VendorConfig:
+    """``vendor``'s URL and token, read once per container (the secret through Powertools'
+    cache, so a rotated token is picked up within its max age). ``settings`` and ``module``:
+    another task module's own (default: this one's), for a task calling a vendor the same way."""
+    settings = _settings() if settings is None else settings
+    url = vendor_url(vendor, settings)
     if not url:
-        raise NotifySettingsError(f"no vendor URL: set settings.url of {__name__} in config (or {URL_OVERRIDE_ENV})")
+        raise NotifySettingsError(f"no vendor URL: set settings.url of {module} in config (or {URL_OVERRIDE_ENV})")
     token = str(settings.get("token") or "")
     secret = os.environ.get(SECRET_OVERRIDE_ENV) or str(settings.get("secret") or "")
     if secret:
