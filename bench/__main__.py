@@ -31,6 +31,7 @@ def run(sizes: Sizes, out: Path, plot: bool = True) -> tuple[list[Figure], Path]
         db_protection,
         drain_burst,
         enqueue_rate,
+        lanes,
         planner_check,
         slowdown,
         unbound,
@@ -86,6 +87,11 @@ def run(sizes: Sizes, out: Path, plot: bool = True) -> tuple[list[Figure], Path]
         step(f"P7 the same burst from {writers} direct writers")
         direct_run, direct = db_protection.direct_burst(db.url, sizes.burst, writers, sizes.probe_interval_s)
         figures += db_protection.figures(idle, drain.probe, direct, sizes.burst, sizes.cap, writers)
+        step(f"L1 lane isolation: lane A {sizes.lane_a_items} items behind a slow vendor "
+             f"({sizes.lane_a_poison} poison), lane B {sizes.lane_b_items} items alone then beside it")
+        lane_run = lanes.run(db, LOG_DIR, sizes.drain_timeout_s, sizes.lane_a_items, sizes.lane_a_poison,
+                             sizes.lane_b_items, sizes.lane_b_interval_s, sizes.deadline_s)
+        figures += lanes.figures(lane_run)
     finally:
         db.drop()
     figures.sort(key=_figure_order)
@@ -115,6 +121,8 @@ def run(sizes: Sizes, out: Path, plot: bool = True) -> tuple[list[Figure], Path]
         "timeline": [s.__dict__ for s in drain.samples],
         "probe": {"idle": idle, "sluice": drain.probe, "direct": direct},
         "direct_run": direct_run.__dict__,
+        "lanes": {"alone": lane_run.alone.__dict__, "loaded": lane_run.loaded.__dict__,
+                  "vendor_counters": lane_run.vendor_counters},
     }
     path = write_results(out, figures, facts)
     return figures, path

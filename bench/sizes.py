@@ -23,6 +23,10 @@ class Sizes:
     slow_s: float  # P8: how long it lasts
     load_processes: int  # P8: processes writing the outside load
     slow_drain_timeout_s: int  # P8: the slowdown consumers' budget (a report, with its limit, per drain)
+    lane_a_items: int  # L1: lane A's backlog behind its slow vendor
+    lane_a_poison: int  # L1: of which poison (dead-lettered)
+    lane_b_items: int  # L1: lane B items timed, alone and with lane A loaded
+    lane_b_interval_s: float  # L1: one lane B item sent every this many seconds
 
 
 FULL = Sizes(
@@ -42,6 +46,10 @@ FULL = Sizes(
     slow_s=10,
     load_processes=4,
     slow_drain_timeout_s=10,
+    lane_a_items=400,
+    lane_a_poison=40,
+    lane_b_items=30,
+    lane_b_interval_s=0.25,
 )
 
 SMOKE = Sizes(
@@ -61,4 +69,8 @@ SMOKE = Sizes(
     slow_s=1,
     load_processes=2,
     slow_drain_timeout_s=10,
+    lane_a_items=60,
+    lane_a_poison=5,
+    lane_b_items=4,
+    lane_b_interval_s=0.2,
 )

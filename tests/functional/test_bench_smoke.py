@@ -70,7 +70,7 @@ def test_every_question_is_answered_as_a_ratio_with_its_inputs(smoke_results: di
     # AND the drain timeline was plotted
     assert smoke_results["_plot"] == b"\x89PNG\r\n\x1a\n"
     # AND the markdown table for the docs is part of the results
-    assert smoke_results["markdown"].count("\n| P") == len(figures)
+    assert smoke_results["markdown"].count("\n| ") == len(figures)
 
 
 def test_the_bounds_sluice_promises_hold(smoke_results: dict[str, Any]) -> None:
@@ -110,6 +110,12 @@ def test_counts_agree_with_the_drain_reports_and_the_timeline(smoke_results: dic
     for name, run in smoke_results["slowdown"].items():
         assert run["started"] <= run["load"][0] < run["load"][1], name
         assert sum(1 for _ in run["reports"]) == len(run["report_ends"]) >= 1
+    # AND lane B's items all took effect in both phases, and lane A's vendor was called (and refused some)
+    assert len(smoke_results["lanes"]["alone"]["effect"]) == SMOKE.lane_b_items
+    assert len(smoke_results["lanes"]["loaded"]["effect"]) == SMOKE.lane_b_items
+    assert smoke_results["lanes"]["vendor_counters"]["a"]["requests"] > 0
+    assert {f["name"] for f in _figures(smoke_results, "L1")} >= {
+        "peak vendor calls/s / max_rate (vendor-a)", "peak vendor calls/s / max_rate (vendor-b)"}
     # AND the DB probe ran in all three conditions
     assert all(len(smoke_results["probe"][k]) > 0 for k in ("idle", "sluice", "direct"))
     assert all(f["inputs"]["direct_writers"] == 10 * SMOKE.cap for f in _figures(smoke_results, "P7"))
