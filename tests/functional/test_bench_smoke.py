@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from bench.figures import Figure, percentile
+from bench.scenarios.drain_burst import DrainRun
 from bench.scenarios.enqueue_rate import max_in_window, steady_rate
+from bench.scenarios.slowdown import limit_moves
 from bench.sizes import SMOKE
 from bench.timeline import Sample
 from sluice.settings import PROJECT_ROOT
@@ -134,6 +136,12 @@ def test_figure_bounds_and_window_arithmetic() -> None:
     assert Figure("P9", "x", 0.8, "a", 1, "b", goal="within 0.15").meets_goal is False
     assert Figure("P8", "x", 0, "a", 1, "b", goal="<= 2", unavailable="no limit").meets_goal is None
     assert Figure("P8", "x", 0, "a", 1, "b", unavailable="no limit").value is None
+    # AND the limit's fall and climb-back are read from the report times around the slowdown
+    limits = [(1.0, 4), (5.0, 4), (9.0, 2), (13.0, 1), (17.0, 3), (21.0, 4)]
+    assert limit_moves(limits, ceiling=4, start=4.0, end=12.0) == (5.0, 9.0)
+    assert limit_moves([(5.0, 4), (9.0, 4)], ceiling=4, start=4.0, end=8.0) == (None, 1.0)
+    assert DrainRun(items=1, cap=4, reports=[{"succeeded": 1}], report_ends=[2.0]).limits() is None
+    assert DrainRun(items=1, cap=4, reports=[{"limit": 3}], report_ends=[2.0]).limits() == [(2.0, 3)]
     # AND the busiest second and the steady rate come out of the call times as defined
     assert max_in_window([0.0, 0.1, 0.5, 0.99, 1.0, 2.5]) == 4
     assert steady_rate([0.0] * 10 + [1.0 + i / 5 for i in range(11)]) == pytest.approx(5.0)
