@@ -65,10 +65,13 @@ def run(stack: BenchStack, db: ScratchDatabase, lane: str, prefix: str, items: i
 def limit_moves(limits: Sequence[tuple[float, int]], ceiling: int, start: float, end: float
                 ) -> tuple[float | None, float | None]:
     """(seconds from ``start`` until a report's limit is below ``ceiling``, seconds from ``end``
-    until a report's limit is back at it); None where that never happened."""
-    fell = next((t - start for t, limit in limits if t >= start and limit < ceiling), None)
-    back = next((t - end for t, limit in limits if t >= end and limit >= ceiling), None)
-    return fell, back
+    until a later report's limit is back at it); None where that never happened (no climb back
+    without a fall first)."""
+    fell_at = next((t for t, limit in limits if t >= start and limit < ceiling), None)
+    if fell_at is None:
+        return None, None
+    back = next((t - end for t, limit in limits if t >= max(end, fell_at) and limit >= ceiling), None)
+    return fell_at - start, back
 
 
 def figures(idle: Sequence[tuple[float, float]], fixed: SlowdownRun, adaptive: SlowdownRun) -> list[Figure]:
@@ -96,7 +99,8 @@ def figures(idle: Sequence[tuple[float, float]], fixed: SlowdownRun, adaptive: S
     else:
         fell, back = limit_moves(limits, adaptive.drain.cap, adaptive.load.started, adaptive.load.stopped)
         why_fell = "" if fell is not None else "the limit did not fall below the ceiling during the run"
-        why_back = "" if back is not None else "the limit was not back at the ceiling when the burst was done"
+        why_back = ("" if back is not None else "the limit never fell" if fell is None
+                    else "the limit was not back at the ceiling when the burst was done")
     slow_s = round(adaptive.load.seconds, 1)
     out += [
         Figure("P8", "s for the limit to fall after the slowdown starts / slowdown s",

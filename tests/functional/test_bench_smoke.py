@@ -139,7 +139,8 @@ def test_figure_bounds_and_window_arithmetic() -> None:
     # AND the limit's fall and climb-back are read from the report times around the slowdown
     limits = [(1.0, 4), (5.0, 4), (9.0, 2), (13.0, 1), (17.0, 3), (21.0, 4)]
     assert limit_moves(limits, ceiling=4, start=4.0, end=12.0) == (5.0, 9.0)
-    assert limit_moves([(5.0, 4), (9.0, 4)], ceiling=4, start=4.0, end=8.0) == (None, 1.0)
+    assert limit_moves([(5.0, 4), (9.0, 4)], ceiling=4, start=4.0, end=8.0) == (None, None)
+    assert limit_moves([(5.0, 2), (9.0, 3)], ceiling=4, start=4.0, end=8.0) == (1.0, None)
     assert DrainRun(items=1, cap=4, reports=[{"succeeded": 1}], report_ends=[2.0]).limits() is None
     assert DrainRun(items=1, cap=4, reports=[{"limit": 3}], report_ends=[2.0]).limits() == [(2.0, 3)]
     # AND the busiest second and the steady rate come out of the call times as defined
