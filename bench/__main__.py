@@ -75,6 +75,8 @@ def run(sizes: Sizes, out: Path, plot: bool = True) -> tuple[list[Figure], Path]
                                                    sizes.deadline_s, lane="unbound", prefix="ua")
             figures += unbound.figures(adaptive_run, fixed_run)
             figures.append(planner_check.figure(adaptive_run, stack, "rate cap out of the way"))
+            step(f"P8 the outside load alone: {sizes.load_processes} processes for {sizes.slow_s} s, no drain")
+            load_alone = slowdown.load_alone(db, sizes.slow_s, sizes.load_processes, sizes.probe_interval_s)
             slow_runs = {}
             for name, prefix in (("slow-fixed", "pf"), ("slow-adaptive", "pa")):
                 step(f"P8 slowdown: {sizes.slow_burst} items on {name}, {sizes.load_processes} load processes "
@@ -82,7 +84,7 @@ def run(sizes: Sizes, out: Path, plot: bool = True) -> tuple[list[Figure], Path]
                 slow_runs[name] = slowdown.run(stack, db, name, prefix, sizes.slow_burst, sizes.probe_interval_s,
                                                sizes.deadline_s, sizes.slow_lead_s, sizes.slow_s,
                                                sizes.load_processes)
-            figures += slowdown.figures(idle, slow_runs["slow-fixed"], slow_runs["slow-adaptive"])
+            figures += slowdown.figures(idle, load_alone, slow_runs["slow-fixed"], slow_runs["slow-adaptive"])
         writers = db_protection.BURST_FACTOR * sizes.cap
         step(f"P7 the same burst from {writers} direct writers")
         direct_run, direct = db_protection.direct_burst(db.url, sizes.burst, writers, sizes.probe_interval_s)
@@ -105,7 +107,8 @@ def run(sizes: Sizes, out: Path, plot: bool = True) -> tuple[list[Figure], Path]
             SlowdownSeries(label, r.drain.started_at, (r.load.started, r.load.stopped), r.drain.samples,
                            r.drain.probe, r.drain.limits())
             for label, r in (("fixed cap", slow_runs["slow-fixed"]), ("adaptive", slow_runs["slow-adaptive"]))],
-            percentile([ms for _, ms in idle], 99), f"P8: {sizes.slow_burst} items, MariaDB slowed")
+            percentile([ms for _, ms in idle], 99), percentile([ms for _, ms in load_alone], 99),
+            f"P8: {sizes.slow_burst} items, MariaDB slowed")
     facts = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "sizes": sizes.__dict__,
@@ -119,7 +122,7 @@ def run(sizes: Sizes, out: Path, plot: bool = True) -> tuple[list[Figure], Path]
                             "started": r.drain.started_at, "load": [r.load.started, r.load.stopped],
                             "seconds": r.drain.seconds} for name, r in slow_runs.items()},
         "timeline": [s.__dict__ for s in drain.samples],
-        "probe": {"idle": idle, "sluice": drain.probe, "direct": direct},
+        "probe": {"idle": idle, "sluice": drain.probe, "direct": direct, "load_alone": load_alone},
         "direct_run": direct_run.__dict__,
         "lanes": {"alone": lane_run.alone.__dict__, "loaded": lane_run.loaded.__dict__,
                   "vendor_counters": lane_run.vendor_counters},

@@ -38,7 +38,8 @@ class SlowdownSeries:
     limits: Sequence[tuple[float, int]] | None  # (report end, limit) or None: the reports carry none
 
 
-def plot_slowdown(path: Path, series: Sequence[SlowdownSeries], idle_p99_ms: float, title: str) -> Path:
+def plot_slowdown(path: Path, series: Sequence[SlowdownSeries], idle_p99_ms: float, load_alone_p99_ms: float,
+                  title: str) -> Path:
     """P8: probe latency, workers busy and the concurrency limit over time, fixed vs adaptive,
     with the slowdown shaded."""
     plt = _pyplot()
@@ -53,6 +54,8 @@ def plot_slowdown(path: Path, series: Sequence[SlowdownSeries], idle_p99_ms: flo
         ax_db.plot([t - s.started for t, _ in s.probe], [ms for _, ms in s.probe], ".", markersize=2,
                    color="tab:purple", alpha=0.6, label="DB probe")
         ax_db.axhline(idle_p99_ms, color="black", linestyle=":", label=f"idle p99 ({idle_p99_ms:.1f} ms)")
+        ax_db.axhline(load_alone_p99_ms, color="tab:red", linestyle=":",
+                      label=f"load alone, no drain: p99 ({load_alone_p99_ms:.1f} ms)")
         ax_db.set_yscale("log")
         ax_db.set_ylabel("probe latency (ms, log)")
         ax_db.set_title(f"{title}: {s.label}")

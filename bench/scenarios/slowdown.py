@@ -7,6 +7,8 @@ for ``slow_s`` seconds, then stops. Figures:
 
 * probe p99 during the slowdown / probe p99 idle, for each (goal for adaptive: <= 2): what the
   drain adds to everyone else's queries while the database is already struggling;
+* the same p99s over the probe's p99 while the same load runs for ``slow_s`` with no drain at
+  all: what the drain adds on top of the slowdown itself;
 * seconds from the slowdown's start until a drain report's ``limit`` is below the ceiling, and
   from its end until it is back at the ceiling (the reports carry the limit at each drain's
   end, so the resolution is one drain: the slowdown's consumers get a short budget for that).
@@ -17,11 +19,13 @@ for ``slow_s`` seconds, then stops. Figures:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.figures import Figure, percentile
 from bench.load import OutsideLoad
+from bench.probe import start_probe
 from bench.scenarios.drain_burst import DrainRun, drain_burst
 from bench.stack import BenchStack, ScratchDatabase
 
@@ -62,6 +66,22 @@ def run(stack: BenchStack, db: ScratchDatabase, lane: str, prefix: str, items: i
     return SlowdownRun(drain, load)
 
 
+def load_alone(db: ScratchDatabase, seconds: float, processes: int, probe_interval_s: float
+               ) -> list[tuple[float, float]]:
+    """The probe while the same outside load runs with no drain at all: what the slowdown alone
+    does to everyone else's queries, the floor no drain concurrency can go below."""
+    probe = start_probe(db.url, probe_interval_s)
+    load = OutsideLoad(db.url, processes).start()
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.1)  # the load's length itself: nothing to wait for
+    finally:
+        load.stop()
+        samples = probe.stop()
+    return [(t, ms) for t, ms in samples if load.started <= t <= load.stopped]
+
+
 def limit_moves(limits: Sequence[tuple[float, int]], ceiling: int, start: float, end: float
                 ) -> tuple[float | None, float | None]:
     """(seconds from ``start`` until a report's limit is below ``ceiling``, seconds from ``end``
@@ -74,21 +94,31 @@ def limit_moves(limits: Sequence[tuple[float, int]], ceiling: int, start: float,
     return fell_at - start, back
 
 
-def figures(idle: Sequence[tuple[float, float]], fixed: SlowdownRun, adaptive: SlowdownRun) -> list[Figure]:
+def figures(idle: Sequence[tuple[float, float]], alone: Sequence[tuple[float, float]], fixed: SlowdownRun,
+            adaptive: SlowdownRun) -> list[Figure]:
     idle_p99 = round(percentile([ms for _, ms in idle], 99), 2)
+    alone_p99 = round(percentile([ms for _, ms in alone], 99), 2)
     out = []
     for name, run_, goal in (("fixed cap", fixed, ""), ("adaptive", adaptive, "<= 2")):
         during = run_.probe_during()
+        p99 = round(percentile(during, 99), 2)
+        note = ""
+        if name == "adaptive" and adaptive.drain.limits() is None:
+            note = NO_LIMIT + ": adaptive still runs as the fixed cap"
+        elif name == "adaptive" and idle_p99 and p99 / idle_p99 > 2:
+            note = (f"the outside load alone, with no drain, puts the probe p99 at {alone_p99 / idle_p99:.3g}x idle "
+                    "(next figures): a drain can only stay off the top of that")
         out.append(Figure(
-            "P8", f"probe p99 during slowdown / idle ({name})", round(percentile(during, 99), 2),
+            "P8", f"probe p99 during slowdown / the same load with no drain ({name})", p99, "slowdown ms",
+            alone_p99, "load alone ms", {"probes_load_alone": len(alone), "load_processes": run_.load.processes}))
+        out.append(Figure(
+            "P8", f"probe p99 during slowdown / idle ({name})", p99,
             "slowdown ms", idle_p99, "idle ms",
             {"items": run_.drain.items, "cap": run_.drain.cap, "load_processes": run_.load.processes,
              "slowdown_s": round(run_.load.seconds, 1), "load_rounds": run_.load.rounds,
              "probes_during": len(during), "probe_p50_during_ms": round(percentile(during, 50), 2),
              "drain_s": round(run_.drain.seconds, 1)},
-            goal=goal,
-            note=(NO_LIMIT + ": adaptive still runs as the fixed cap"
-                  if name == "adaptive" and adaptive.drain.limits() is None else "")))
+            goal=goal, note=note))
     limits = adaptive.drain.limits()
     inputs = {"ceiling": adaptive.drain.cap, "slowdown_s": round(adaptive.load.seconds, 1),
               "drains": len(adaptive.drain.reports),
