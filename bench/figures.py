@@ -27,32 +27,56 @@ class Figure:
     denominator_label: str
     inputs: dict[str, Any] = field(default_factory=dict)
     # A bound the figure must keep ("<= 1", "== 0", ">= 0.5"), or "" when it is only reported.
+    # A broken bound fails `make bench`.
     expect: str = ""
+    # A goal the issue set (same form): a figure that misses it is printed as a MISS with its
+    # note, and does not fail the run (it is a finding, not a broken promise).
+    goal: str = ""
+    # Why the figure is what it is, when the numbers alone do not say (a miss's reason).
+    note: str = ""
+    # Set when the figure could not be measured in this run: printed as "n/a: <why>", judged
+    # against nothing (neither a pass nor a miss).
+    unavailable: str = ""
 
     @property
     def value(self) -> float | None:
-        if self.denominator == 0:
+        if self.unavailable or self.denominator == 0:
             return None
         return self.numerator / self.denominator
 
     @property
     def holds(self) -> bool | None:
         """Whether ``expect`` holds; None when there is nothing to judge."""
-        if not self.expect:
+        if self.unavailable:
             return None
-        operator, _, bound_text = self.expect.partition(" ")
-        bound = float(bound_text)
-        subject = self.value
-        if subject is None:
-            return False
-        checks = {"<=": subject <= bound + 1e-9, ">=": subject >= bound - 1e-9, "==": subject == bound}
-        return checks[operator]
+        return _judge(self.expect, self.value)
+
+    @property
+    def meets_goal(self) -> bool | None:
+        """Whether ``goal`` is met; None when there is no goal or nothing was measured."""
+        if self.unavailable:
+            return None
+        return _judge(self.goal, self.value)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["value"] = self.value
         data["holds"] = self.holds
+        data["meets_goal"] = self.meets_goal
         return data
+
+
+def _judge(condition: str, subject: float | None) -> bool | None:
+    if not condition:
+        return None
+    operator, _, bound_text = condition.partition(" ")
+    bound = float(bound_text)
+    if subject is None:
+        return False
+    if operator == "within":  # a ratio within +-bound of 1 ("within 0.15": 0.85..1.15)
+        return abs(subject - 1) <= bound + 1e-9
+    checks = {"<=": subject <= bound + 1e-9, ">=": subject >= bound - 1e-9, "==": subject == bound}
+    return checks[operator]
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -77,6 +101,8 @@ def _number(x: float) -> str:
 
 
 def _ratio(figure: Figure) -> str:
+    if figure.unavailable:
+        return f"n/a: {figure.unavailable}"
     value = figure.value
     return "n/a" if value is None else f"{value:.3g}"
 
@@ -87,10 +113,14 @@ def _inputs(figure: Figure) -> str:
 
 
 def _verdict(figure: Figure) -> str:
-    holds = figure.holds
-    if holds is None:
-        return ""
-    return f"{'ok' if holds else 'FAILS'} ({figure.expect})"
+    parts = []
+    if figure.holds is not None:
+        parts.append(f"{'ok' if figure.holds else 'FAILS'} ({figure.expect})")
+    if figure.meets_goal is not None:
+        parts.append(f"{'goal met' if figure.meets_goal else 'MISS'} (goal {figure.goal})")
+    elif figure.goal:
+        parts.append(f"goal {figure.goal}")
+    return "; ".join(parts)
 
 
 def as_text(figures: Sequence[Figure]) -> str:
@@ -103,18 +133,21 @@ def as_text(figures: Sequence[Figure]) -> str:
         )
         if f.inputs:
             lines.append(f"    inputs: {_inputs(f)}")
+        if f.note:
+            lines.append(f"    note: {f.note}")
     return "\n".join(lines)
 
 
 def as_markdown(figures: Sequence[Figure]) -> str:
     rows = [
-        "| | figure | ratio | numerator | denominator | bound | inputs |",
+        "| | figure | ratio | numerator | denominator | bound / goal | inputs |",
         "|---|---|---|---|---|---|---|",
     ]
     for f in figures:
+        inputs = _inputs(f) + (f"; note: {f.note}" if f.note else "")
         rows.append(
             f"| {f.pid} | {f.name} | **{_ratio(f)}** | {f.numerator_label}: {_number(f.numerator)} "
-            f"| {f.denominator_label}: {_number(f.denominator)} | {_verdict(f)} | {_inputs(f)} |"
+            f"| {f.denominator_label}: {_number(f.denominator)} | {_verdict(f)} | {inputs} |"
         )
     return "\n".join(rows)
 

@@ -17,6 +17,16 @@ class Sizes:
     idle_probes: int  # P7: probes against the idle database
     drain_timeout_s: int  # consumer budget in the bench stack
     deadline_s: float  # how long a drain may take before the run gives up
+    unbound_burst: int  # P3/P8: the burst drained with the rate cap out of the way, fixed and adaptive
+    slow_burst: int  # P8: the burst drained through a slowdown, fixed and adaptive
+    slow_lead_s: float  # P8: seconds into the drain the outside load starts
+    slow_s: float  # P8: how long it lasts
+    load_processes: int  # P8: processes writing the outside load
+    slow_drain_timeout_s: int  # P8: the slowdown consumers' budget (a report, with its limit, per drain)
+    lane_a_items: int  # L1: lane A's backlog behind its slow vendor
+    lane_a_poison: int  # L1: of which poison (dead-lettered)
+    lane_b_items: int  # L1: lane B items timed, alone and with lane A loaded
+    lane_b_interval_s: float  # L1: one lane B item sent every this many seconds
 
 
 FULL = Sizes(
@@ -30,6 +40,16 @@ FULL = Sizes(
     idle_probes=200,
     drain_timeout_s=15,
     deadline_s=180,
+    unbound_burst=3000,
+    slow_burst=4000,
+    slow_lead_s=4,
+    slow_s=10,
+    load_processes=4,
+    slow_drain_timeout_s=10,
+    lane_a_items=400,
+    lane_a_poison=40,
+    lane_b_items=30,
+    lane_b_interval_s=0.25,
 )
 
 SMOKE = Sizes(
@@ -43,4 +63,14 @@ SMOKE = Sizes(
     idle_probes=20,
     drain_timeout_s=12,
     deadline_s=60,
+    unbound_burst=60,
+    slow_burst=150,
+    slow_lead_s=0.1,
+    slow_s=1,
+    load_processes=2,
+    slow_drain_timeout_s=10,
+    lane_a_items=60,
+    lane_a_poison=5,
+    lane_b_items=4,
+    lane_b_interval_s=0.2,
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,28 +38,53 @@ class DrainRun:
     consumer: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     processed: int = 0
+    lane: str = ""  # the bench stack's lane or variant that drained it ("" the first)
+    started_at: float = 0.0  # epoch s, when the first drain was started
+    report_ends: list[float] = field(default_factory=list)  # epoch s each drain report came back
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+    def limits(self) -> list[tuple[float, int]] | None:
+        """(epoch s, limit) at the end of each drain, from the reports' ``limit``; None when the
+        reports carry no limit (a drain without the adaptive controller)."""
+        if not self.reports or any("limit" not in r for r in self.reports):
+            return None
+        return [(t, int(r["limit"])) for t, r in zip(self.report_ends, self.reports, strict=True)]
 
 
 def drain_burst(stack: BenchStack, db: ScratchDatabase, items: int, probe_interval_s: float,
-                deadline_s: float) -> DrainRun:
+                deadline_s: float, lane: str = "", prefix: str = "s",
+                on_start: Callable[[float], None] | None = None) -> DrainRun:
+    """Enqueue ``items`` invoices keyed ``<prefix>-N`` on ``lane``'s queue, then drain them back to
+    back, sampling the queue, the workers and the DB probe; ``on_start(epoch_s)`` runs as the
+    first drain starts (an outside load's timer)."""
     assert stack.proxy is not None
-    timed_enqueue(stack, stack.queue_url, [invoice_item("s", i) for i in range(items)], max_tps=300)
-    run = DrainRun(items=items, cap=stack.cap)
+    target = stack.lane(lane)
+    timed_enqueue(stack, target.queue_url, [invoice_item(prefix, i) for i in range(items)], max_tps=300)
+    cap = target.settings.drain.max_parallel
+    run = DrainRun(items=items, cap=cap, lane=lane)
     stack.reset_stats()
     before = stack.proxy.snapshot()
 
     def read() -> tuple[int, int, int]:
-        visible, in_flight = stack.depth()
-        return visible, in_flight, int(stack.worker_stats()["busy"])
+        visible, in_flight = stack.depth(target.queue_url)
+        return visible, in_flight, int(stack.worker_stats(lane)["busy"])
 
-    sampler = TimelineSampler(read, cap=stack.cap).start()
+    sampler = TimelineSampler(read, cap=cap).start()
     probe = start_probe(db.url, probe_interval_s)
     started = time.monotonic()
+    run.started_at = time.time()
+    if on_start is not None:
+        on_start(run.started_at)
     deadline = started + deadline_s
     try:
         while True:
-            run.reports.append(stack.drain_once())
-            run.processed = db.count("SELECT COUNT(*) FROM processed_messages WHERE item_key LIKE 's-%'")
+            run.reports.append(stack.drain_once(lane))
+            run.report_ends.append(time.time())
+            run.processed = db.count("SELECT COUNT(*) FROM processed_messages "
+                                     f"WHERE item_key LIKE '{prefix}-%'")
             if run.processed >= items:
                 break
             if time.monotonic() > deadline:
@@ -70,8 +96,14 @@ def drain_burst(stack: BenchStack, db: ScratchDatabase, items: int, probe_interv
         run.probe = probe.stop()
     after = stack.proxy.snapshot()
     run.sqs_calls = Counter({k: after[k] - before[k] for k in after if after[k] - before[k] > 0})
-    run.worker, run.consumer = stack.worker_stats(), stack.consumer_stats()
+    run.worker, run.consumer = stack.worker_stats(lane), stack.consumer_stats(lane)
     return run
+
+
+def mean_busy_with_backlog(run: DrainRun) -> float:
+    """Mean workers busy over the samples that saw messages waiting in the queue."""
+    backlog = [s for s in run.samples if s.visible > 0]
+    return round(sum(s.busy for s in backlog) / max(1, len(backlog)), 2)
 
 
 def idle_drain_cost(stack: BenchStack) -> tuple[int, int]:
@@ -86,10 +118,15 @@ def idle_drain_cost(stack: BenchStack) -> tuple[int, int]:
     return int(stats), int(sqs_calls)
 
 
+def sluice_requests(run: DrainRun) -> tuple[int, int]:
+    """(Lambda invocations, SQS calls) the consumers and workers made draining ``run``."""
+    invocations = run.consumer["invocations"] + run.worker["invocations"]
+    return int(invocations), sum(v for k, v in run.sqs_calls.items() if k not in _BENCH_OWN)
+
+
 def figures(run: DrainRun, stack: BenchStack, idle: tuple[int, int]) -> list[Figure]:
     n, cap = run.items, run.cap
-    invocations = run.consumer["invocations"] + run.worker["invocations"]
-    sqs_calls = sum(v for k, v in run.sqs_calls.items() if k not in _BENCH_OWN)
+    invocations, sqs_calls = sluice_requests(run)
     model = esm.esm_burst(n)
     per_item = (invocations + sqs_calls) / n
     calls_text = ", ".join(f"{k}={v}" for k, v in sorted(run.sqs_calls.items()) if k not in _BENCH_OWN)
@@ -98,7 +135,9 @@ def figures(run: DrainRun, stack: BenchStack, idle: tuple[int, int]) -> list[Fig
                round(model.total / n, 3), "ESM req/item",
                {"items": n, "sluice_invocations": invocations, "sluice_sqs": sqs_calls,
                 "sluice_calls": calls_text,
-                "esm_invocations": model.lambda_invocations, "esm_sqs": model.sqs_calls, "batch": 10}),
+                "esm_invocations": model.lambda_invocations, "esm_sqs": model.sqs_calls, "batch": 10,
+                "mean_worker_batch": round(n / max(1, run.worker["invocations"]), 2)},
+               goal="<= 0.8"),
     ]
     ticks = esm.schedule_ticks_per_day(stack.settings.drain.schedule) * stack.settings.drain.consumers
     idle_invocations, idle_sqs = idle[0] * ticks, idle[1] * ticks
@@ -121,9 +160,10 @@ def figures(run: DrainRun, stack: BenchStack, idle: tuple[int, int]) -> list[Fig
     out += [
         Figure("P3", "peak workers busy / cap", run.worker["peak_busy"], "peak busy", cap, "cap",
                {"items": n, "worker_throttles": run.worker["throttles"]}, expect="<= 1"),
-        Figure("P3", "mean workers busy while backlog / cap", round(sum(s.busy for s in backlog) /
-               max(1, len(backlog)), 2), "mean busy", cap, "cap",
-               {"samples_with_backlog": len(backlog), "sample_every_s": 0.1}),
+        Figure("P3", "mean workers busy while backlog / cap (rate-bound)", mean_busy_with_backlog(run),
+               "mean busy", cap, "cap",
+               {"samples_with_backlog": len(backlog), "sample_every_s": 0.1,
+                "max_rate": stack.lane(run.lane).settings.drain.max_rate}),
     ]
     budget = sum(r["budget_ms"] for r in run.reports)
     used = sum(r["used_ms"] for r in run.reports)

@@ -83,6 +83,9 @@ class FunctionStats:
     cold_starts: int
     async_queued: int
     pids: list[int]
+    # Summed duration of the invocations finished since the last reset (what Lambda bills as
+    # duration, before rounding): the bench's GB-s come from it.
+    duration_ms: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +107,7 @@ class _FunctionPool:
         self._stopping = False
         self.busy = self.peak_busy = 0
         self.invocations = self.errors = self.throttles = self.timeouts = self.cold_starts = 0
+        self.duration_ms = 0.0
         self._dispatcher = threading.Thread(target=self._dispatch_async, name=f"async-{definition.name}",
                                             daemon=True)
         self._dispatcher.start()
@@ -156,9 +160,11 @@ class _FunctionPool:
             outcome = InvokeOutcome.error(invocation.request_id, "Runtime.StartError", str(exc))
             invocation.finish(outcome)
         finally:
+            ms = (time.monotonic() - started) * 1000
             # Whatever happened, the slot is given back: a leaked slot would throttle forever.
             with self._cond:
                 self.busy -= 1
+                self.duration_ms += ms
                 if outcome is None or outcome.function_error:
                     self.errors += 1
                 if outcome is not None and outcome.error_type == "Sandbox.Timedout":
@@ -166,7 +172,6 @@ class _FunctionPool:
                 if sandbox is not None and sandbox.alive and not self._stopping:
                     self._idle.append(sandbox)
                 self._cond.notify_all()
-            ms = (time.monotonic() - started) * 1000
             self._log(f"END RequestId: {invocation.request_id}\nREPORT RequestId: {invocation.request_id}\t"
                       f"Duration: {ms:.2f} ms\tMemory Size: {self.definition.memory_mb} MB"
                       + (f"\tStatus: {outcome.error_type}" if outcome and outcome.error_type else ""))
@@ -209,12 +214,14 @@ class _FunctionPool:
                 busy=self.busy, peak_busy=self.peak_busy, limit=self.limit,
                 reserved_concurrency=self.definition.reserved_concurrency, invocations=self.invocations,
                 errors=self.errors, throttles=self.throttles, timeouts=self.timeouts,
-                cold_starts=self.cold_starts, async_queued=len(self._async), pids=pids)
+                cold_starts=self.cold_starts, async_queued=len(self._async), pids=pids,
+                duration_ms=round(self.duration_ms, 1))
 
     def reset_stats(self) -> None:
         with self._cond:
             self.peak_busy = self.busy
             self.invocations = self.errors = self.throttles = self.timeouts = self.cold_starts = 0
+            self.duration_ms = 0.0
 
     def stop(self) -> None:
         with self._cond:

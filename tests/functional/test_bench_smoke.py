@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 
 from bench.figures import Figure, percentile
+from bench.scenarios.drain_burst import DrainRun
 from bench.scenarios.enqueue_rate import max_in_window, steady_rate
+from bench.scenarios.slowdown import limit_moves
 from bench.sizes import SMOKE
 from bench.timeline import Sample
 from sluice.settings import PROJECT_ROOT
@@ -52,16 +54,25 @@ def test_every_question_is_answered_as_a_ratio_with_its_inputs(smoke_results: di
     # GIVEN a smoke run of the whole harness
     # WHEN its results are read back
     figures = smoke_results["figures"]
-    # THEN every question P1..P7 has figures, each a ratio of two numbers with the inputs that made it
-    assert {f["pid"] for f in figures} == {f"P{i}" for i in range(1, 8)}
+    # THEN every question P1..P9 has figures, each a ratio of two numbers with the inputs that made it
+    assert {f["pid"] for f in figures} >= {f"P{i}" for i in range(1, 10)}
     for f in figures:
-        assert f["denominator"] != 0 and f["value"] == pytest.approx(f["numerator"] / f["denominator"]), f
         assert f["inputs"], f"{f['pid']} {f['name']} carries no inputs"
+        if f["unavailable"]:
+            # AND a figure this run could not measure says why instead of a number
+            assert f["value"] is None and f["meets_goal"] is None
+            assert f"n/a: {f['unavailable']}" in smoke_results["_stdout"], f"{f['name']} is not printed"
+            continue
+        assert f["denominator"] != 0 and f["value"] == pytest.approx(f["numerator"] / f["denominator"]), f
         assert f"{f['value']:.3g}" in smoke_results["_stdout"], f"{f['name']} is not printed"
+        # AND a goal is judged, and printed as met or as a MISS
+        if f["goal"]:
+            assert f["meets_goal"] in (True, False)
+            assert f"{'goal met' if f['meets_goal'] else 'MISS'} (goal {f['goal']})" in smoke_results["_stdout"]
     # AND the drain timeline was plotted
     assert smoke_results["_plot"] == b"\x89PNG\r\n\x1a\n"
     # AND the markdown table for the docs is part of the results
-    assert smoke_results["markdown"].count("\n| P") == len(figures)
+    assert smoke_results["markdown"].count("\n| ") == len(figures)
 
 
 def test_the_bounds_sluice_promises_hold(smoke_results: dict[str, Any]) -> None:
@@ -84,6 +95,9 @@ def test_counts_agree_with_the_drain_reports_and_the_timeline(smoke_results: dic
     # THEN the consumers received and the workers finished every item of it, exactly once
     assert sum(r["succeeded"] for r in reports) == SMOKE.burst
     assert sum(r["duplicates"] for r in reports) == 0
+    # AND the all-in cost counts the consumer's GB-s beside the workers'
+    cost = _one(smoke_results, "all-in USD per million items")
+    assert cost["inputs"]["consumer_gb_s"] > 0 and cost["inputs"]["worker_gb_s"] > 0
     # AND the workers deleted what they applied in DeleteMessageBatch calls, never one by one:
     # at least one call per ten items, at most one per item
     p1 = _one(smoke_results, "drain requests per item")
@@ -94,6 +108,16 @@ def test_counts_agree_with_the_drain_reports_and_the_timeline(smoke_results: dic
     timeline = smoke_results["timeline"]
     assert max(s["visible"] + s["in_flight"] for s in timeline) > 0
     assert max(s["busy"] for s in timeline) <= SMOKE.cap
+    # AND every drain of the slowdown scenario ran with its outside load inside the drain
+    for name, run in smoke_results["slowdown"].items():
+        assert run["started"] <= run["load"][0] < run["load"][1], name
+        assert sum(1 for _ in run["reports"]) == len(run["report_ends"]) >= 1
+    # AND lane B's items all took effect in both phases, and lane A's vendor was called (and refused some)
+    assert len(smoke_results["lanes"]["alone"]["effect"]) == SMOKE.lane_b_items
+    assert len(smoke_results["lanes"]["loaded"]["effect"]) == SMOKE.lane_b_items
+    assert smoke_results["lanes"]["vendor_counters"]["a"]["requests"] > 0
+    assert {f["name"] for f in _figures(smoke_results, "L1")} >= {
+        "peak vendor calls/s / max_rate (vendor-a)", "peak vendor calls/s / max_rate (vendor-b)"}
     # AND the DB probe ran in all three conditions
     assert all(len(smoke_results["probe"][k]) > 0 for k in ("idle", "sluice", "direct"))
     assert all(f["inputs"]["direct_writers"] == 10 * SMOKE.cap for f in _figures(smoke_results, "P7"))
@@ -107,6 +131,18 @@ def test_figure_bounds_and_window_arithmetic() -> None:
     assert Figure("P4", "x", 0, "a", 3, "b", expect="== 0").holds is True
     assert Figure("P4", "x", 1, "a", 0, "b", expect="== 0").holds is False
     assert Figure("P2", "x", 1, "a", 2, "b").holds is None
+    # AND a goal is judged like a bound (two-sided "within"), and an unmeasured figure is neither
+    assert Figure("P9", "x", 1.1, "a", 1, "b", goal="within 0.15").meets_goal is True
+    assert Figure("P9", "x", 0.8, "a", 1, "b", goal="within 0.15").meets_goal is False
+    assert Figure("P8", "x", 0, "a", 1, "b", goal="<= 2", unavailable="no limit").meets_goal is None
+    assert Figure("P8", "x", 0, "a", 1, "b", unavailable="no limit").value is None
+    # AND the limit's fall and climb-back are read from the report times around the slowdown
+    limits = [(1.0, 4), (5.0, 4), (9.0, 2), (13.0, 1), (17.0, 3), (21.0, 4)]
+    assert limit_moves(limits, ceiling=4, start=4.0, end=12.0) == (5.0, 9.0)
+    assert limit_moves([(5.0, 4), (9.0, 4)], ceiling=4, start=4.0, end=8.0) == (None, None)
+    assert limit_moves([(5.0, 2), (9.0, 3)], ceiling=4, start=4.0, end=8.0) == (1.0, None)
+    assert DrainRun(items=1, cap=4, reports=[{"succeeded": 1}], report_ends=[2.0]).limits() is None
+    assert DrainRun(items=1, cap=4, reports=[{"limit": 3}], report_ends=[2.0]).limits() == [(2.0, 3)]
     # AND the busiest second and the steady rate come out of the call times as defined
     assert max_in_window([0.0, 0.1, 0.5, 0.99, 1.0, 2.5]) == 4
     assert steady_rate([0.0] * 10 + [1.0 + i / 5 for i in range(11)]) == pytest.approx(5.0)
