@@ -19,13 +19,16 @@ rate-limit, start), and at the end finish (release what is held, wait for runnin
 to the deadline, settle, report). Each step is a method that reads and tests alone.
 
 Throttles (429): the batch never ran, so it is held and retried after a backoff, with the
-limit lowered; releasing it instead would cost each message a receive, and enough of those
+slots lowered; releasing it instead would cost each message a receive, and enough of those
 make SQS move valid items to the DLQ with no reason. Only the finish step releases, whatever
 is still held when the budget ends.
 
-How many slots the dispatch step may fill comes from one place, ``Drainer.limit`` (a
-``ConcurrencyLimit``), clamped to [1, slots]: the seam an adaptive controller plugs into
-(DESIGN.md section 12).
+How many slots the dispatch step may fill comes from one place, ``free_slots``: the limit in
+force, ``Drainer.limit`` (a ``sluice.concurrency.ConcurrencyLimit``: the adaptive controller,
+or ``FixedLimit`` at the slots), bounded by the slots and by ``throttle_slots`` (after a 429,
+what was still running; one more per invocation that ran), never below 1. The drain remembers
+how many invocations were in flight when it dispatched each one and, once it has finished,
+hands the controller a ``BatchSample`` (DESIGN.md section 12, docs/adr/0004).
 
 Invariants: the loop returns before the consumer's timeout (it only starts a batch it has
 time to wait for); at return it holds no received-but-undispatched message (those are made
@@ -43,13 +46,13 @@ from typing import Any, Protocol, TypeVar
 from sluice.aws import AwsError, FunctionInvoker, Queue, ReceivedMessage, ThrottledError
 from sluice.backoff import exponential_backoff_s
 from sluice.budget import BatchBudget
+from sluice.concurrency import BatchSample, ConcurrencyLimit, FixedLimit
 from sluice.contract import ContractError, DrainReport, Outcome, WorkerResponse
 from sluice.observability import MetricUnit, count, logger, metrics
 from sluice.ratelimit import TokenBucket
 from sluice.settings import RuntimeConfig
 
-__all__ = ["ConcurrencyLimit", "DrainState", "Drainer", "FinishedInvocation", "SlotLimit",
-           "ThreadWorkerPool", "WorkerPool", "pack_batches"]
+__all__ = ["DrainState", "Drainer", "FinishedInvocation", "ThreadWorkerPool", "WorkerPool", "pack_batches"]
 
 # Time kept to settle, log the report and return once the drain stops waiting for workers.
 RETURN_RESERVE_MS = 500
@@ -101,35 +104,19 @@ class FinishedInvocation:
     response: WorkerResponse | None = None  # None when it failed: function error, timeout, no response
     error: str = ""
     duration_ms: float | None = None  # what the invoke took, when it returned at all
+    in_flight: int = 1  # this consumer's invocations in flight when it was dispatched, itself included
 
-
-class ConcurrencyLimit(Protocol):
-    """How many worker invocations the dispatch step may have running (DESIGN.md section 12).
-
-    The drain reads ``current`` at every dispatch step and runs at most that many, clamped to
-    [1, slots], so a limit can lower concurrency but never raise it past the consumer's share of
-    ``drain.max_parallel``. It calls ``observe`` once per finished invocation, in the order it
-    collects them, with the number of invocations still running; what the workers measured
-    (per-message ``ms`` and outcomes) is in ``finished.response``. An adaptive controller is a
-    class with these two members, passed as ``Drainer(limit=...)``; it may outlive one drain."""
-
-    @property
-    def current(self) -> int: ...
-
-    def observe(self, finished: FinishedInvocation, running: int) -> None: ...
-
-
-class SlotLimit:
-    """The default limit: all of the consumer's slots, lowered to what is still running when an
-    invoke is throttled (the worker function's concurrency is used up elsewhere), raised again
-    by one per invocation that was not throttled."""
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self.current = slots
-
-    def observe(self, finished: FinishedInvocation, running: int) -> None:
-        self.current = max(1, running) if finished.throttled else min(self.slots, self.current + 1)
+    def sample(self) -> BatchSample:
+        """What this invocation tells the concurrency limit. An invoke that failed or timed out
+        counts as all of its items retried; a throttled one never ran."""
+        if self.throttled:
+            return BatchSample(self.in_flight, len(self.batch), throttled=True)
+        if self.response is None:
+            return BatchSample(self.in_flight, len(self.batch), retries=len(self.batch))
+        ids = {m.message_id for m in self.batch}
+        rows = [r for r in self.response.results if r.message_id in ids]
+        retries = self.response.outcomes(ids)[Outcome.RETRY]
+        return BatchSample(self.in_flight, len(self.batch), item_ms=[r.ms for r in rows], retries=retries)
 
 
 class WorkerPool(Protocol):
@@ -209,7 +196,10 @@ class Drainer:
         self.bucket = bucket or TokenBucket(max_rate, burst, clock=clock, sleep=sleep)
         self.throttle_backoff_s = throttle_backoff_s
         self.max_throttle_backoff_s = max_throttle_backoff_s
-        self.limit: ConcurrencyLimit = limit or SlotLimit(slots)
+        self.limit: ConcurrencyLimit = limit or FixedLimit(slots)
+        # The drain's own bound after a 429 (the worker function's concurrency is used up
+        # elsewhere): lowered to what still runs, raised by one per invocation that ran.
+        self.throttle_slots = slots
         self._queue_arn = queue_arn
         self._make_pool = make_pool
         self._clock = clock
@@ -310,7 +300,9 @@ class Drainer:
         their visibility timeout, when SQS counts the receive and eventually moves them to the
         DLQ; the rest count by the outcomes the worker reported."""
         state, report = self.state, self.state.report
-        self.limit.observe(finished, len(state.running))
+        self.limit.on_batch(finished.sample())
+        self.throttle_slots = (max(1, len(state.running)) if finished.throttled
+                               else min(self.slots, self.throttle_slots + 1))
         if finished.throttled:
             # It never ran: its messages are held again, so not counted as dispatched.
             report.throttled += 1
@@ -323,7 +315,7 @@ class Drainer:
             state.backoff_until = self._clock() + backoff_s
             logger.warning("worker throttled; holding its batch for a retry",
                            extra={"messages": len(finished.batch), "backoff_s": backoff_s,
-                                  "slots": self.limit.current})
+                                  "slots": self.throttle_slots})
             return
         if finished.duration_ms is not None:
             self.budget.record(finished.duration_ms)
@@ -346,9 +338,14 @@ class Drainer:
         return True
 
     def free_slots(self) -> int:
-        """Slots the dispatch step may fill now: the limit in force, within [1, slots], minus
-        what is running. The one place the number of concurrent workers is decided."""
-        return max(1, min(self.slots, self.limit.current)) - len(self.state.running)
+        """Slots the dispatch step may fill now: the limit in force (within the slots and the
+        after-429 bound, at least 1) minus what is running. The one place the number of
+        concurrent workers is decided."""
+        return self.limit_in_force() - len(self.state.running)
+
+    def limit_in_force(self) -> int:
+        """How many invocations may run at once now."""
+        return max(1, min(self.slots, self.throttle_slots, self.limit.current()))
 
     def refill(self, free: int) -> bool:
         """Receive what ``free`` slots can take beyond what is held; True when anything is held."""
@@ -402,6 +399,9 @@ class Drainer:
         if report.budget_ms:
             report.budget_used_pct = round(100 * report.used_ms / report.budget_ms, 1)
         report.predicted_batch_ms = int(self.budget.predict_ms())
+        report.limit = max(1, min(self.slots, self.limit.current()))
+        report.limit_floor, report.limit_ceiling = self.limit.floor, self.limit.ceiling
+        report.adaptive = self.limit.adaptive
 
     # -- helpers ------------------------------------------------------------------------
     def _until_return_s(self) -> float:
@@ -427,28 +427,30 @@ class Drainer:
         state = self.state
         for message in batch:
             state.held.remove(message)
-        state.running[state.pool.submit(lambda: self._invoke(batch))] = batch
+        in_flight = len(state.running) + 1
+        state.running[state.pool.submit(lambda: self._invoke(batch, in_flight))] = batch
         state.report.dispatched += len(batch)
         state.report.worker_batches += 1
         state.report.peak_parallel = max(state.report.peak_parallel, len(state.running))
 
-    def _invoke(self, batch: list[ReceivedMessage]) -> FinishedInvocation:
+    def _invoke(self, batch: list[ReceivedMessage], in_flight: int) -> FinishedInvocation:
         arn = self._queue_arn or ""
         payload = {"Records": [m.to_sqs_record(arn) for m in batch], "queueUrl": self.queue.url}
         try:
             result = self.invoker.invoke(payload)
         except ThrottledError as exc:
-            return FinishedInvocation(batch, throttled=True, error=str(exc))
+            return FinishedInvocation(batch, throttled=True, error=str(exc), in_flight=in_flight)
         except Exception as exc:  # any failure leaves the messages in flight: safe, never lost
-            return FinishedInvocation(batch, error=f"{type(exc).__name__}: {exc}")
+            return FinishedInvocation(batch, error=f"{type(exc).__name__}: {exc}", in_flight=in_flight)
         if result.function_error:
-            return FinishedInvocation(batch, error=str(result.payload), duration_ms=result.duration_ms)
+            return FinishedInvocation(batch, error=str(result.payload), duration_ms=result.duration_ms,
+                                      in_flight=in_flight)
         try:
             response = WorkerResponse.from_payload(result.payload)
         except ContractError as exc:
             return FinishedInvocation(batch, error=f"{exc}: {str(result.payload)[:200]}",
-                                      duration_ms=result.duration_ms)
-        return FinishedInvocation(batch, response=response, duration_ms=result.duration_ms)
+                                      duration_ms=result.duration_ms, in_flight=in_flight)
+        return FinishedInvocation(batch, response=response, duration_ms=result.duration_ms, in_flight=in_flight)
 
     def _release(self, messages: list[ReceivedMessage]) -> None:
         if not messages:
@@ -472,3 +474,4 @@ class Drainer:
         metrics.add_metric(name="drain_budget_used_pct", unit=MetricUnit.Percent,
                            value=report.budget_used_pct)
         metrics.add_metric(name="peak_parallel", unit=MetricUnit.Count, value=report.peak_parallel)
+        metrics.add_metric(name="concurrency_limit", unit=MetricUnit.Count, value=report.limit)

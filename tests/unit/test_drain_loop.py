@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from sluice.aws import InvokeResult
 from sluice.budget import BatchBudget
+from sluice.concurrency import AdaptiveLimit, BatchSample, FixedLimit
 from sluice.contract import Outcome, WorkerResponse
-from sluice.drain import RETURN_RESERVE_MS, Drainer, FinishedInvocation, SlotLimit
+from sluice.drain import RETURN_RESERVE_MS, Drainer, FinishedInvocation
 from tests.doubles import FakeClock, InMemoryFifoQueue, InMemoryWorker, SimulatedPool
 
 pytestmark = pytest.mark.unit
@@ -203,18 +204,22 @@ def test_the_rate_cap_spaces_dispatches_and_never_waits_past_the_budget() -> Non
 
 
 class ScriptedLimit:
-    """A stand-in for an adaptive controller: its limit follows a script, one step per observation."""
+    """A stand-in for an adaptive controller: its limit follows a script, one step per sample."""
+
+    floor, ceiling, adaptive = 1, 9, True
 
     def __init__(self, script: list[int]) -> None:
         self.script = script
-        self.observed: list[FinishedInvocation] = []
+        self.observed: list[BatchSample] = []
 
-    @property
     def current(self) -> int:
         return self.script[min(len(self.observed), len(self.script) - 1)]
 
-    def observe(self, finished: FinishedInvocation, running: int) -> None:
-        self.observed.append(finished)
+    def on_batch(self, sample: BatchSample) -> None:
+        self.observed.append(sample)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"limit": float(self.current()), "baseline_ms": None}
 
 
 def test_the_limit_in_force_bounds_every_dispatch() -> None:
@@ -222,7 +227,7 @@ def test_the_limit_in_force_bounds_every_dispatch() -> None:
     limit = ScriptedLimit([3, 1, 0, 2, 9])
     checks: list[tuple[int, int]] = []
     r = rig(groups=12, per_group=2, slots=4, batch_size=1, limit=limit,
-            on_submit=lambda running: checks.append((running, limit.current)),
+            on_submit=lambda running: checks.append((running, limit.current())),
             duration_s=lambda call: 0.3 + 0.1 * (call % 3))
     # WHEN drained
     report = r.drainer.run()
@@ -231,8 +236,53 @@ def test_the_limit_in_force_bounds_every_dispatch() -> None:
     assert r.pool.peak == 4  # the limit's 9 was clamped to the slots, and reached
     # AND the limit saw every finished invocation, with what its workers measured
     assert len(limit.observed) == report.worker_batches
-    assert all(f.response is not None and f.response.results[0].ms > 0 for f in limit.observed)
+    assert all(s.items == 1 and s.item_ms[0] > 0 and s.retries == 0 for s in limit.observed)
+    # AND each sample carries the in-flight count its batch was dispatched at, itself included
+    assert {s.in_flight for s in limit.observed} <= {1, 2, 3, 4} and max(s.in_flight for s in limit.observed) == 4
     assert r.worker.applied == sent_order(12, 2)
+
+
+def knee_rig(limit_of: Any, *, knee: int, slots: int, items: int = 600) -> tuple[Rig, list[tuple[int, int]]]:
+    """A drain of ``items`` one-message groups on ``slots`` slots whose worker slows past a knee:
+    a batch takes 0.1 s up to ``knee`` invocations at once, proportionally longer above (the
+    dependency queues). ``limit_of(clock)`` makes the limit; returns the rig and, per dispatch,
+    (invocations running, the limit's current value)."""
+    checks: list[tuple[int, int]] = []
+    r = rig(groups=items, per_group=1, slots=slots, batch_size=1, budget_s=120,
+            on_submit=lambda running: checks.append((running, r.drainer.limit.current())))
+    # running() counts the others still running; this invocation makes one more
+    r.worker.duration_s = lambda call: 0.1 * max(1.0, (r.worker.running() + 1) / knee)
+    r.drainer.limit = limit_of(r.clock.now)
+    return r, checks
+
+
+def test_the_adaptive_limit_bounds_the_drain_and_settles_near_the_dependencys_knee() -> None:
+    # GIVEN a dependency that queues past 3 concurrent workers, 8 slots, a controller from 1 to 8
+    r, checks = knee_rig(lambda clock: AdaptiveLimit(1, 8, clock=clock), knee=3, slots=8)
+    # WHEN one drain runs
+    report = r.drainer.run()
+    assert report.succeeded == 600
+    # THEN the workers in flight followed the controller (never above the limit it had set when
+    # each was dispatched, never above the ceiling) and the controller moved: it climbed from 1
+    seen = [current for _, current in checks]
+    assert all(running <= max(1, current) for running, current in checks)
+    assert r.pool.peak <= 8 and max(seen) > 1
+    # AND in the second half of the drain it stayed between the knee and 1.5 x the knee (ADR
+    # 0004), well below the ceiling
+    late = seen[len(seen) // 2:]
+    assert 3 <= sum(late) / len(late) <= 4.5 and max(late) < 8
+    # AND the report carries the limit in force and its bounds
+    assert (report.limit, report.limit_floor, report.limit_ceiling, report.adaptive) == (
+        r.drainer.limit.current(), 1, 8, True)
+
+
+def test_a_fixed_limit_never_moves_whatever_the_dependency_does() -> None:
+    # GIVEN the same slow-past-3 dependency and drain.adaptive: false (FixedLimit at the cap)
+    r, checks = knee_rig(lambda clock: FixedLimit(8), knee=3, slots=8, items=200)
+    report = r.drainer.run()
+    # THEN the drain ran at the cap throughout, and the report says so
+    assert {current for _, current in checks} == {8} and r.pool.peak == 8
+    assert (report.limit, report.limit_floor, report.limit_ceiling, report.adaptive) == (8, 8, 8, False)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -319,13 +369,13 @@ def test_settle_holds_a_throttled_batch_in_front_and_arms_a_doubling_backoff() -
     assert state.held == received
     assert (state.report.dispatched, state.report.worker_batches) == (0, 0)
     assert state.report.throttled == 2 and state.report.released == 0
-    # AND the backoff doubled from the base (0.2 s, then 0.4 s), and the limit fell to what runs
+    # AND the backoff doubled from the base (0.2 s, then 0.4 s), and the slots fell to what runs
     assert first_until == pytest.approx(r.clock.now() + 0.2)
     assert state.backoff_until == pytest.approx(r.clock.now() + 0.4)
-    assert r.drainer.limit.current == 1
-    # AND an invocation that ran resets the backoff and raises the limit again
+    assert r.drainer.throttle_slots == 1 and r.drainer.limit_in_force() == 1
+    # AND an invocation that ran resets the backoff and raises the slots again
     r.drainer.settle(FinishedInvocation([], response=WorkerResponse()))
-    assert state.throttles_in_a_row == 0 and r.drainer.limit.current == 2
+    assert state.throttles_in_a_row == 0 and r.drainer.throttle_slots == 2
 
 
 def test_settle_counts_a_failed_invoke_and_leaves_its_messages_alone() -> None:
@@ -520,12 +570,20 @@ def test_the_worker_double_answers_in_the_contracts_shape() -> None:
     assert WorkerResponse.from_payload(result.payload).outcomes([message.message_id]) == {Outcome.DONE: 1}
 
 
-def test_the_default_limit_falls_on_a_throttle_and_climbs_back_by_one() -> None:
-    limit = SlotLimit(4)
-    limit.observe(FinishedInvocation([], throttled=True), running=2)
-    assert limit.current == 2
+def test_the_after_429_bound_falls_to_what_runs_and_climbs_back_by_one_over_any_limit() -> None:
+    # GIVEN a fixed limit of 4 (the default) with 2 invocations running
+    r = rig(groups=2, per_group=1, slots=4, batch_size=1, duration_s=lambda call: 9)
+    state = r.drainer.begin()
+    assert isinstance(r.drainer.limit, FixedLimit) and r.drainer.limit_in_force() == 4
+    state.held = r.queue.receive(10)
+    r.drainer.dispatch(2)
+    # WHEN an invoke is throttled / THEN the drain's own bound falls to what runs, below the limit
+    r.drainer.settle(FinishedInvocation([], throttled=True))
+    assert (r.drainer.throttle_slots, r.drainer.limit_in_force(), r.drainer.limit.current()) == (2, 2, 4)
+    # AND each invocation that ran raises it by one, up to the slots
     for expected in (3, 4, 4):
-        limit.observe(FinishedInvocation([], response=WorkerResponse()), running=0)
-        assert limit.current == expected
-    limit.observe(FinishedInvocation([], throttled=True), running=0)
-    assert limit.current == 1
+        r.drainer.settle(FinishedInvocation([], response=WorkerResponse()))
+        assert r.drainer.limit_in_force() == expected
+    state.running.clear()
+    r.drainer.settle(FinishedInvocation([], throttled=True))
+    assert r.drainer.limit_in_force() == 1
