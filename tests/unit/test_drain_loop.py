@@ -5,6 +5,7 @@ instant; the same loop against moto's SQS is tests/functional/test_drain.py."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -456,15 +457,33 @@ def test_refill_receives_what_the_free_slots_can_take_and_long_polls_only_when_i
     # GIVEN 30 messages in 30 groups, batches of 4, a drain that may long-poll 1 s
     r = rig(groups=30, per_group=1, batch_size=4, wait_s=1)
     state = r.drainer.begin()
-    # WHEN it refills 2 free slots while idle / THEN it asked for one batch, long-polling
+    # WHEN it refills 2 free slots while idle / THEN it asked for one batch, long-polling, and
+    # since that came back full (a deep backlog), for the second slot's batch at once
     assert r.drainer.refill(2) is True
-    assert r.queue.receive_calls == [(4, 1)] and len(state.held) == 4
-    # WHEN it refills again holding 4 / THEN it asks for the 4 more two slots can take, without waiting
-    r.drainer.refill(2)
-    assert r.queue.receive_calls[-1] == (4, 0) and len(state.held) == 8
+    assert r.queue.receive_calls == [(4, 1), (4, 0)] and len(state.held) == 8
     # WHEN what it holds already fills the slots / THEN it does not receive
     r.drainer.refill(2)
     assert len(r.queue.receive_calls) == 2 and state.report.received == 8
+    # WHEN it holds 6 of 8 and the queue has 2 / THEN it asks for the 2 more, without waiting
+    state.held = state.held[:6]
+    r.drainer.refill(2)
+    assert r.queue.receive_calls[-1] == (2, 0) and len(state.held) == 8
+
+
+def test_refill_stops_at_a_short_receive_and_at_the_budget() -> None:
+    # GIVEN 5 messages, batches of 4 on 2 free slots
+    r = rig(groups=5, per_group=1, batch_size=4)
+    state = r.drainer.begin()
+    # WHEN refilled / THEN the second receive came back short (1 of 4): no third one
+    r.drainer.refill(2)
+    assert r.queue.receive_calls == [(4, 0), (4, 0)] and len(state.held) == 5
+    # GIVEN a deep backlog but no time for one more batch after the first receive
+    r = rig(groups=30, per_group=1, batch_size=4, budget_s=0.55, prior_ms=0, margin_ms=500)
+    r.drainer.begin()
+    r.clock.sleep(0.06)  # 490 ms left: less than the 500 ms margin
+    r.drainer.refill(2)
+    # THEN it received once and dispatches what it has rather than receiving past the budget
+    assert r.queue.receive_calls == [(4, 0)]
 
 
 def test_refill_on_an_empty_queue_reports_nothing_to_dispatch() -> None:
@@ -587,3 +606,73 @@ def test_the_after_429_bound_falls_to_what_runs_and_climbs_back_by_one_over_any_
     state.running.clear()
     r.drainer.settle(FinishedInvocation([], throttled=True))
     assert r.drainer.limit_in_force() == 1
+
+
+# -- batches above one receive ------------------------------------------------------------
+
+def run_rig(groups: int, per_group: int, body_bytes: int = 0, **kwargs: Any) -> Rig:
+    """A rig whose groups were sent one after the other (each group's messages in a row), so a
+    receive hands out a run of one group, in order."""
+    r = rig(**kwargs)
+    for g in range(groups):
+        for n in range(per_group):
+            r.queue.send(f"g{g}-{n:03d}" + "x" * body_bytes, f"g{g}")
+    return r
+
+
+def applied_in_order(r: Rig, groups: int, per_group: int, body_bytes: int = 0) -> bool:
+    return r.worker.applied == {f"g{g}": [f"g{g}-{n:03d}" + "x" * body_bytes for n in range(per_group)]
+                                for g in range(groups)}
+
+
+def test_a_deep_backlog_fills_batches_above_ten_keeping_each_group_in_order() -> None:
+    # GIVEN 6 groups of 10 sent one group after the other, batches of up to 30, 2 slots
+    r = run_rig(6, 10, slots=2, batch_size=30, duration_s=lambda call: 1.0)
+    # WHEN drained
+    report = r.drainer.run()
+    # THEN each invocation carried 30 messages (three receives' worth), whole groups in order
+    assert [len(i.message_ids) for i in r.worker.invocations] == [30, 30]
+    assert all(r.queue.receive_calls[k][0] <= 10 for k in range(len(r.queue.receive_calls)))
+    assert applied_in_order(r, 6, 10) and report.succeeded == 60
+    assert set(r.queue.receive_counts().values()) == {1}
+
+
+class SizingInvoker:
+    """The worker behind an invoke, noting each request payload's size as it crosses the wire."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.sizes: list[int] = []
+
+    def invoke(self, payload: Any, *, asynchronous: bool = False) -> InvokeResult:
+        self.sizes.append(len(json.dumps(payload).encode()))
+        result: InvokeResult = self.worker.invoke(payload)
+        return result
+
+
+def test_a_batch_closes_before_lambdas_synchronous_payload_limit() -> None:
+    # GIVEN 4 groups of 10 messages of 200 KB (8 MB in all), batches of up to 100, one slot
+    r = run_rig(4, 10, body_bytes=200_000, slots=1, batch_size=100, duration_s=lambda call: 1.0)
+    sizing = SizingInvoker(r.worker)
+    r.drainer.invoker = sizing
+    # WHEN drained
+    report = r.drainer.run()
+    # THEN no invoke payload reached 6 MB, batches were as full as that allows, all in order
+    assert sizing.sizes and max(sizing.sizes) <= 6 * 1024 * 1024
+    assert len(r.worker.invocations) == 2 and report.succeeded == 40
+    assert applied_in_order(r, 4, 10, body_bytes=200_000)
+
+
+def test_a_run_cut_at_the_payload_limit_waits_for_its_head() -> None:
+    # GIVEN one group of 10 messages of ~1 KB, a payload bound of about 3 records, 3 slots
+    r = run_rig(1, 10, body_bytes=1000, slots=3, batch_size=10, duration_s=lambda call: 1.0)
+    [probe] = r.queue.receive(1)
+    r.queue.release([probe.receipt_handle])
+    r.drainer.max_payload_bytes = 3 * (len(json.dumps(probe.to_sqs_record(r.queue.arn)).encode()) + 1) + 10
+    # WHEN drained
+    r.drainer.run()
+    # THEN every batch stayed within the bound and the group ran one batch at a time, in order
+    assert all(len(i.message_ids) <= 3 for i in r.worker.invocations) and r.pool.peak == 1
+    starts = [i.started for i in r.worker.invocations]
+    assert all(later - earlier >= 1.0 for earlier, later in zip(starts, starts[1:], strict=False))
+    assert applied_in_order(r, 1, 10, body_bytes=1000)
