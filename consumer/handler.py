@@ -1,8 +1,10 @@
 """lambda_handler for the consumer: any event (normally an EventBridge schedule) -> one drain.
 
 The time budget is the Lambda's own: ``context.get_remaining_time_in_millis``. Queue,
-invoker, queue ARN and the measured worker durations live for the container, so a warm
-consumer starts with a prediction learned by the drains before it.
+invoker, queue ARN, the measured worker durations and the concurrency limit live for the
+container, so a warm consumer starts with the prediction and the limit learned by the drains
+before it. A cold one reads the limit's saved state from its queue's tag once
+(sluice/limit_state.py), and each drain writes it back when it moved.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sluice.aws import FunctionInvoker, Queue
 from sluice.budget import BatchBudget
+from sluice.concurrency import ConcurrencyLimit, ConcurrencyLimitError, limit_for
 from sluice.drain import Drainer
+from sluice.limit_state import QueueTagStore
 from sluice.observability import logger, metrics
 from sluice.settings import RuntimeConfig
 
@@ -25,6 +29,8 @@ class _Container:
     queue: Queue
     invoker: FunctionInvoker
     budget: BatchBudget
+    limit: ConcurrencyLimit
+    limit_store: QueueTagStore
     queue_arn: str = ""
 
 
@@ -37,18 +43,36 @@ def get_container() -> _Container:
     global _container
     if _container is None:
         config = RuntimeConfig.from_env()
+        queue = Queue(config.queue_url)
+        store = QueueTagStore(queue)
         _container = _Container(
             config=config,
-            queue=Queue(config.queue_url),
+            queue=queue,
             invoker=FunctionInvoker(config.worker_function, config.worker_timeout_s,
                                     lambda_client=_lambda_client),
             budget=BatchBudget(config.worker_timeout_s * 1000),
+            limit=_cold_limit(config, store),
+            limit_store=store,
         )
     if not _container.queue_arn:
         # serverless.yml sets SLUICE_QUEUE_ARN; without it (a deployment of its own) ask SQS once,
         # which needs sqs:GetQueueAttributes.
         _container.queue_arn = _container.config.queue_arn or _container.queue.arn
     return _container
+
+
+def _cold_limit(config: RuntimeConfig, store: QueueTagStore) -> ConcurrencyLimit:
+    """The limit a cold consumer starts with: resumed from the saved state when there is one."""
+    if not config.adaptive:
+        return limit_for(config)
+    saved = store.load()
+    try:
+        limit = limit_for(config, saved)
+    except ConcurrencyLimitError as exc:
+        logger.warning("ignoring the saved concurrency limit", extra={"saved": saved, "error": str(exc)})
+        limit = limit_for(config)
+    store.started_from(limit.to_dict())
+    return limit
 
 
 def reset(lambda_client: Any | None = None) -> None:
@@ -70,5 +94,9 @@ def lambda_handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         invoker=deps.invoker,
         budget=deps.budget,
         queue_arn=deps.queue_arn,
+        limit=deps.limit,
     )
-    return drainer.run().to_dict()
+    report = drainer.run()
+    if report.adaptive:
+        deps.limit_store.save(deps.limit.to_dict())
+    return report.to_dict()

@@ -234,6 +234,15 @@ class Queue:
     def purge(self) -> None:
         self._call("purge_queue")
 
+    def tags(self) -> dict[str, str]:
+        """The queue's tags (ListQueueTags)."""
+        tags: dict[str, str] = self._call("list_queue_tags").get("Tags", {})
+        return tags
+
+    def tag(self, tags: dict[str, str]) -> None:
+        """Add or overwrite these tags (TagQueue); the queue's other tags stay as they are."""
+        self._call("tag_queue", Tags=tags)
+
 
 @dataclass(frozen=True)
 class InvokeResult:

@@ -79,7 +79,13 @@ class BatchSample:
 
 
 class ConcurrencyLimit(Protocol):
-    """What the drain holds: either an ``AdaptiveLimit`` or a ``FixedLimit``."""
+    """What the drain holds: either an ``AdaptiveLimit`` or a ``FixedLimit``. ``floor`` and
+    ``ceiling`` bound ``current()``; ``adaptive`` says whether it moves (the drain report
+    carries all three)."""
+
+    floor: int
+    ceiling: int
+    adaptive: bool
 
     def current(self) -> int: ...
 
@@ -91,10 +97,12 @@ class ConcurrencyLimit(Protocol):
 class FixedLimit:
     """``drain.adaptive: false``: always the cap, whatever the workers report."""
 
+    adaptive = False
+
     def __init__(self, cap: int) -> None:
         if cap < 1:
             raise ConcurrencyLimitError(f"a fixed limit must be at least 1, got {cap}")
-        self.cap = cap
+        self.cap = self.floor = self.ceiling = cap
 
     def current(self) -> int:
         return self.cap
@@ -154,6 +162,8 @@ class AdaptiveLimit:
     ``window_s`` seconds that held samples. ``min_samples``: samples a concurrency level (or
     neighbouring levels pooled) needs in a window before its mean can be the baseline.
     """
+
+    adaptive = True
 
     def __init__(
         self,

@@ -149,6 +149,12 @@ class DrainReport:
     predicted_batch_ms: int = 0
     stopped_because: str = ""
     unfinished: int = 0  # messages whose worker was still running when the drain had to return
+    # The concurrency limit in force when the drain ended (what the next drain starts from), the
+    # bounds it moves in and whether it moves at all (drain.adaptive; DESIGN.md section 12).
+    limit: int = 0
+    limit_floor: int = 0
+    limit_ceiling: int = 0
+    adaptive: bool = False
 
     def count(self, outcome: Outcome) -> int:
         """Messages this drain saw end in ``outcome``."""
@@ -183,11 +189,12 @@ class DrainReport:
             if f.name not in data:
                 continue
             value, default = data[f.name], f.default  # every field has a default of its own type
-            if isinstance(default, str) and isinstance(value, str):
+            if isinstance(default, str | bool) and type(value) is type(default):
                 values[f.name] = value
             elif isinstance(default, float) and _is_number(value):
                 values[f.name] = float(value)
-            elif isinstance(default, int) and _is_number(value) and float(value).is_integer():
+            elif (isinstance(default, int) and not isinstance(default, bool) and _is_number(value)
+                  and float(value).is_integer()):
                 values[f.name] = int(value)
             else:
                 raise ContractError(f"drain report field {f.name!r} must be a {type(default).__name__}, "

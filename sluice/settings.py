@@ -74,10 +74,16 @@ class DrainSettings(_Section):
         return self
 
 
+# Messages one worker invocation may carry. SQS returns at most 10 per receive, so a batch above
+# 10 takes several receives (the drain makes them only with a deep backlog); the invoke payload
+# stays under Lambda's synchronous limit whatever this is (sluice/drain.py closes a batch first).
+MAX_BATCH_SIZE = 100
+
+
 class WorkerSettings(_Section):
     timeout_s: int = Field(30, ge=1, le=900)
     memory_mb: int = Field(256, ge=128, le=10240)
-    batch_size: int = Field(10, ge=1, le=10)
+    batch_size: int = Field(10, ge=1, le=MAX_BATCH_SIZE)
     reserved_concurrency: int = Field(4, ge=1)
 
 
@@ -687,10 +693,11 @@ class RuntimeConfig:
             max_items=number("SLUICE_ENQUEUER_MAX_ITEMS", int, "1000"),
             max_body_bytes=number("SLUICE_ENQUEUER_MAX_BODY_BYTES", int, "1048576"),
         )
-        if config.groups < 1 or config.max_parallel < 1 or config.consumers < 1 or not 1 <= config.batch_size <= 10:
+        if (config.groups < 1 or config.max_parallel < 1 or config.consumers < 1
+                or not 1 <= config.batch_size <= MAX_BATCH_SIZE):
             raise SettingsError(
                 "SLUICE_QUEUE_GROUPS, SLUICE_DRAIN_MAX_PARALLEL and SLUICE_DRAIN_CONSUMERS must be >= 1 "
-                "and SLUICE_WORKER_BATCH_SIZE within 1..10"
+                f"and SLUICE_WORKER_BATCH_SIZE within 1..{MAX_BATCH_SIZE}"
             )
         if not 1 <= config.min_parallel <= config.max_parallel:
             raise SettingsError(

@@ -141,6 +141,8 @@ def functions(settings: Settings) -> dict[str, Node]:
             "environment": _environment(settings, lane),
             "iamRoleStatements": [
                 _allow(["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility"], _arn(queue_id(lane))),
+                # The adaptive limit's saved state is a tag on the lane's own queue (ADR 0004).
+                _allow(["sqs:ListQueueTags", "sqs:TagQueue"], _arn(queue_id(lane))),
                 _allow(["lambda:InvokeFunction"], _arn(function_id(worker.key))),
                 XRAY,
             ],

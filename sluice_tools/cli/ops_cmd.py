@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sluice.aws import FunctionInvoker, InvokeResult, ThrottledError
+from sluice.contract import DrainReport
 from sluice.enqueue import Enqueuer, EnqueueRequestError
 from sluice.lanes import routes_from_env
 from sluice.tasks import TaskModuleError, load_tasks
@@ -52,6 +53,14 @@ def _age(seconds: float | None) -> str:
     return "n/a" if seconds is None else f"{seconds:,.0f} s"
 
 
+def _limit_cell(r: DrainReport) -> str:
+    """The concurrency limit a drain ended at: "3/8" (adaptive, 3 of a ceiling of 8), "8 fix"
+    (drain.adaptive: false), "" for a report from before the limit was reported."""
+    if not r.limit:
+        return ""
+    return f"{r.limit}/{r.limit_ceiling}" if r.adaptive else f"{r.limit} fix"
+
+
 def render_status(s: Status) -> Group:
     queues = Table(title=f"sluice {s.stage}")
     for name in ("queue", "visible", "in flight", "delayed", "oldest age"):
@@ -68,13 +77,13 @@ def render_status(s: Status) -> Group:
     if s.drains:
         # Short headers: the table must fit an 80-column terminal without truncating numbers.
         drains = Table(title="last drains", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-        for name in ("at", "recv", "done", "dup", "dead", "retry", "rel", "thr", "peak", "bud%", "stop"):
+        for name in ("at", "recv", "done", "dup", "dead", "retry", "rel", "thr", "peak", "lim", "bud%", "stop"):
             drains.add_column(name, no_wrap=True)
         for d in s.drains:
             r = d.report
             at = re.search(r"\d\d:\d\d:\d\d", d.at)
             counts = (r.received, r.succeeded, r.duplicates, r.dead_lettered, r.retried, r.released,
-                      r.throttled, r.peak_parallel, r.budget_used_pct)
+                      r.throttled, r.peak_parallel, _limit_cell(r), r.budget_used_pct)
             stop = r.stopped_because.replace("queue_empty", "empty")
             drains.add_row(at.group(0) if at else "", *(str(c) for c in counts), stop)
         parts.append(drains)

@@ -38,7 +38,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sluice.settings import UNRESERVED_MINIMUM, Lane, Settings
+from sluice.settings import MAX_BATCH_SIZE, UNRESERVED_MINIMUM, Lane, Settings
 from sluice_tools.ops.prices import PRICES_READ_ON, PRICES_REGION, price
 
 SECONDS_PER_DAY = 86_400
@@ -91,7 +91,7 @@ class PlanInputs:
         checks: list[tuple[bool, str]] = [
             (self.items_per_day >= 1, "--items-per-day must be at least 1"),
             (self.worker_ms > 0, "--worker-ms must be above 0"),
-            (1 <= self.batch_size <= 10, "--batch-size must be within 1..10 (a receive returns at most 10)"),
+            (1 <= self.batch_size <= MAX_BATCH_SIZE, f"--batch-size must be within 1..{MAX_BATCH_SIZE}"),
             (0 < self.fill <= 1 and self.batch_size * self.fill >= 1,
              "--fill must be within 0..1 and leave at least one message per worker call (batch x fill >= 1)"),
             (self.cap >= 1, "--cap must be at least 1"),

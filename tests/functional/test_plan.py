@@ -159,7 +159,7 @@ def test_bad_inputs_are_refused_with_the_reason() -> None:
     # GIVEN inputs out of range
     # WHEN a plan is asked for / THEN a PlanError names each bad option
     with pytest.raises(PlanError, match="--batch-size"):
-        make_plan(PlanInputs(items_per_day=10, worker_ms=5, batch_size=11))
+        make_plan(PlanInputs(items_per_day=10, worker_ms=5, batch_size=101))
     # AND the CLI turns it into a one-line usage error, exit code 2, no traceback
     result = CliRunner().invoke(app, ["plan", "--items-per-day", "0", "--worker-ms", "5", "--stage", "dev"])
     assert result.exit_code == 2

@@ -48,6 +48,7 @@ def expected_grants(lane: str, role: str, stage: str) -> set[tuple[str, str]]:
     """What a lane's consumer or worker may do on SQS, Lambda and Secrets Manager: its own lane only."""
     if role == "consumer":
         return {("sqs:ReceiveMessage", queue(lane)), ("sqs:ChangeMessageVisibility", queue(lane)),
+                ("sqs:ListQueueTags", queue(lane)), ("sqs:TagQueue", queue(lane)),
                 ("lambda:InvokeFunction", fid(f"worker-{lane}"))}
     return {("sqs:DeleteMessage", queue(lane)), ("sqs:ChangeMessageVisibility", queue(lane)),
             ("sqs:SendMessage", dlq(lane)), ("secretsmanager:GetSecretValue", SECRET),
@@ -366,7 +367,8 @@ def test_deployed_roles_reach_only_their_own_lane(deployed_lanes: Deployed) -> N
         q, d, w = a["queue"]["QueueArn"], a["dlq"]["QueueArn"], a["worker"]
         # THEN a lane's consumer receives from its own queue and invokes its own worker only ...
         assert role_grants(deployed_lanes, roles[f"consumer-{lane}"]) == {
-            ("sqs:ReceiveMessage", q), ("sqs:ChangeMessageVisibility", q), ("lambda:InvokeFunction", w)}
+            ("sqs:ReceiveMessage", q), ("sqs:ChangeMessageVisibility", q), ("sqs:ListQueueTags", q),
+            ("sqs:TagQueue", q), ("lambda:InvokeFunction", w)}
         # ... its worker deletes from its own queue and dead-letters to its own DLQ only
         assert role_grants(deployed_lanes, roles[f"worker-{lane}"]) == {
             ("sqs:DeleteMessage", q), ("sqs:ChangeMessageVisibility", q), ("sqs:SendMessage", d)}

@@ -26,6 +26,9 @@ EXPECTED_GRANTS = {
     "consumer": {
         ("sqs:ReceiveMessage", "JobsQueue"),
         ("sqs:ChangeMessageVisibility", "JobsQueue"),
+        # the adaptive limit's saved state, a tag on its own queue (docs/adr/0004)
+        ("sqs:ListQueueTags", "JobsQueue"),
+        ("sqs:TagQueue", "JobsQueue"),
         ("lambda:InvokeFunction", "WorkerLambdaFunction"),
     },
     "worker": {

@@ -69,6 +69,7 @@ def test_outcomes_count_under_the_metric_names_of_the_drain_report() -> None:
 
 
 @given(st.builds(DrainReport, **{f.name: (st.text(max_size=20) if isinstance(f.default, str)
+                                          else st.booleans() if isinstance(f.default, bool)
                                           else st.floats(0, 1e9) if isinstance(f.default, float)
                                           else st.integers(-10**6, 10**9))
                                  for f in fields(DrainReport)}))
@@ -82,7 +83,8 @@ def test_a_report_of_another_version_reads_with_defaults_and_ignores_what_it_doe
 
 
 @pytest.mark.parametrize("data", [{"received": "4"}, {"received": 1.5}, {"received": True},
-                                  {"stopped_because": 3}, {"budget_used_pct": float("nan")}, ["received"]])
+                                  {"adaptive": 1}, {"adaptive": "true"}, {"stopped_because": 3},
+                                  {"budget_used_pct": float("nan")}, ["received"]])
 def test_a_report_with_a_value_of_the_wrong_kind_is_refused(data: Any) -> None:
     with pytest.raises(ContractError):
         DrainReport.from_dict(data)

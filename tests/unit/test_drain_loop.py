@@ -5,6 +5,7 @@ instant; the same loop against moto's SQS is tests/functional/test_drain.py."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,8 +15,9 @@ from hypothesis import strategies as st
 
 from sluice.aws import InvokeResult
 from sluice.budget import BatchBudget
+from sluice.concurrency import AdaptiveLimit, BatchSample, FixedLimit
 from sluice.contract import Outcome, WorkerResponse
-from sluice.drain import RETURN_RESERVE_MS, Drainer, FinishedInvocation, SlotLimit
+from sluice.drain import RETURN_RESERVE_MS, Drainer, FinishedInvocation
 from tests.doubles import FakeClock, InMemoryFifoQueue, InMemoryWorker, SimulatedPool
 
 pytestmark = pytest.mark.unit
@@ -203,18 +205,22 @@ def test_the_rate_cap_spaces_dispatches_and_never_waits_past_the_budget() -> Non
 
 
 class ScriptedLimit:
-    """A stand-in for an adaptive controller: its limit follows a script, one step per observation."""
+    """A stand-in for an adaptive controller: its limit follows a script, one step per sample."""
+
+    floor, ceiling, adaptive = 1, 9, True
 
     def __init__(self, script: list[int]) -> None:
         self.script = script
-        self.observed: list[FinishedInvocation] = []
+        self.observed: list[BatchSample] = []
 
-    @property
     def current(self) -> int:
         return self.script[min(len(self.observed), len(self.script) - 1)]
 
-    def observe(self, finished: FinishedInvocation, running: int) -> None:
-        self.observed.append(finished)
+    def on_batch(self, sample: BatchSample) -> None:
+        self.observed.append(sample)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"limit": float(self.current()), "baseline_ms": None}
 
 
 def test_the_limit_in_force_bounds_every_dispatch() -> None:
@@ -222,7 +228,7 @@ def test_the_limit_in_force_bounds_every_dispatch() -> None:
     limit = ScriptedLimit([3, 1, 0, 2, 9])
     checks: list[tuple[int, int]] = []
     r = rig(groups=12, per_group=2, slots=4, batch_size=1, limit=limit,
-            on_submit=lambda running: checks.append((running, limit.current)),
+            on_submit=lambda running: checks.append((running, limit.current())),
             duration_s=lambda call: 0.3 + 0.1 * (call % 3))
     # WHEN drained
     report = r.drainer.run()
@@ -231,8 +237,53 @@ def test_the_limit_in_force_bounds_every_dispatch() -> None:
     assert r.pool.peak == 4  # the limit's 9 was clamped to the slots, and reached
     # AND the limit saw every finished invocation, with what its workers measured
     assert len(limit.observed) == report.worker_batches
-    assert all(f.response is not None and f.response.results[0].ms > 0 for f in limit.observed)
+    assert all(s.items == 1 and s.item_ms[0] > 0 and s.retries == 0 for s in limit.observed)
+    # AND each sample carries the in-flight count its batch was dispatched at, itself included
+    assert {s.in_flight for s in limit.observed} <= {1, 2, 3, 4} and max(s.in_flight for s in limit.observed) == 4
     assert r.worker.applied == sent_order(12, 2)
+
+
+def knee_rig(limit_of: Any, *, knee: int, slots: int, items: int = 600) -> tuple[Rig, list[tuple[int, int]]]:
+    """A drain of ``items`` one-message groups on ``slots`` slots whose worker slows past a knee:
+    a batch takes 0.1 s up to ``knee`` invocations at once, proportionally longer above (the
+    dependency queues). ``limit_of(clock)`` makes the limit; returns the rig and, per dispatch,
+    (invocations running, the limit's current value)."""
+    checks: list[tuple[int, int]] = []
+    r = rig(groups=items, per_group=1, slots=slots, batch_size=1, budget_s=120,
+            on_submit=lambda running: checks.append((running, r.drainer.limit.current())))
+    # running() counts the others still running; this invocation makes one more
+    r.worker.duration_s = lambda call: 0.1 * max(1.0, (r.worker.running() + 1) / knee)
+    r.drainer.limit = limit_of(r.clock.now)
+    return r, checks
+
+
+def test_the_adaptive_limit_bounds_the_drain_and_settles_near_the_dependencys_knee() -> None:
+    # GIVEN a dependency that queues past 3 concurrent workers, 8 slots, a controller from 1 to 8
+    r, checks = knee_rig(lambda clock: AdaptiveLimit(1, 8, clock=clock), knee=3, slots=8)
+    # WHEN one drain runs
+    report = r.drainer.run()
+    assert report.succeeded == 600
+    # THEN the workers in flight followed the controller (never above the limit it had set when
+    # each was dispatched, never above the ceiling) and the controller moved: it climbed from 1
+    seen = [current for _, current in checks]
+    assert all(running <= max(1, current) for running, current in checks)
+    assert r.pool.peak <= 8 and max(seen) > 1
+    # AND in the second half of the drain it stayed between the knee and 1.5 x the knee (ADR
+    # 0004), well below the ceiling
+    late = seen[len(seen) // 2:]
+    assert 3 <= sum(late) / len(late) <= 4.5 and max(late) < 8
+    # AND the report carries the limit in force and its bounds
+    assert (report.limit, report.limit_floor, report.limit_ceiling, report.adaptive) == (
+        r.drainer.limit.current(), 1, 8, True)
+
+
+def test_a_fixed_limit_never_moves_whatever_the_dependency_does() -> None:
+    # GIVEN the same slow-past-3 dependency and drain.adaptive: false (FixedLimit at the cap)
+    r, checks = knee_rig(lambda clock: FixedLimit(8), knee=3, slots=8, items=200)
+    report = r.drainer.run()
+    # THEN the drain ran at the cap throughout, and the report says so
+    assert {current for _, current in checks} == {8} and r.pool.peak == 8
+    assert (report.limit, report.limit_floor, report.limit_ceiling, report.adaptive) == (8, 8, 8, False)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -319,13 +370,13 @@ def test_settle_holds_a_throttled_batch_in_front_and_arms_a_doubling_backoff() -
     assert state.held == received
     assert (state.report.dispatched, state.report.worker_batches) == (0, 0)
     assert state.report.throttled == 2 and state.report.released == 0
-    # AND the backoff doubled from the base (0.2 s, then 0.4 s), and the limit fell to what runs
+    # AND the backoff doubled from the base (0.2 s, then 0.4 s), and the slots fell to what runs
     assert first_until == pytest.approx(r.clock.now() + 0.2)
     assert state.backoff_until == pytest.approx(r.clock.now() + 0.4)
-    assert r.drainer.limit.current == 1
-    # AND an invocation that ran resets the backoff and raises the limit again
+    assert r.drainer.throttle_slots == 1 and r.drainer.limit_in_force() == 1
+    # AND an invocation that ran resets the backoff and raises the slots again
     r.drainer.settle(FinishedInvocation([], response=WorkerResponse()))
-    assert state.throttles_in_a_row == 0 and r.drainer.limit.current == 2
+    assert state.throttles_in_a_row == 0 and r.drainer.throttle_slots == 2
 
 
 def test_settle_counts_a_failed_invoke_and_leaves_its_messages_alone() -> None:
@@ -406,15 +457,33 @@ def test_refill_receives_what_the_free_slots_can_take_and_long_polls_only_when_i
     # GIVEN 30 messages in 30 groups, batches of 4, a drain that may long-poll 1 s
     r = rig(groups=30, per_group=1, batch_size=4, wait_s=1)
     state = r.drainer.begin()
-    # WHEN it refills 2 free slots while idle / THEN it asked for one batch, long-polling
+    # WHEN it refills 2 free slots while idle / THEN it asked for one batch, long-polling, and
+    # since that came back full (a deep backlog), for the second slot's batch at once
     assert r.drainer.refill(2) is True
-    assert r.queue.receive_calls == [(4, 1)] and len(state.held) == 4
-    # WHEN it refills again holding 4 / THEN it asks for the 4 more two slots can take, without waiting
-    r.drainer.refill(2)
-    assert r.queue.receive_calls[-1] == (4, 0) and len(state.held) == 8
+    assert r.queue.receive_calls == [(4, 1), (4, 0)] and len(state.held) == 8
     # WHEN what it holds already fills the slots / THEN it does not receive
     r.drainer.refill(2)
     assert len(r.queue.receive_calls) == 2 and state.report.received == 8
+    # WHEN it holds 6 of 8 and the queue has 2 / THEN it asks for the 2 more, without waiting
+    state.held = state.held[:6]
+    r.drainer.refill(2)
+    assert r.queue.receive_calls[-1] == (2, 0) and len(state.held) == 8
+
+
+def test_refill_stops_at_a_short_receive_and_at_the_budget() -> None:
+    # GIVEN 5 messages, batches of 4 on 2 free slots
+    r = rig(groups=5, per_group=1, batch_size=4)
+    state = r.drainer.begin()
+    # WHEN refilled / THEN the second receive came back short (1 of 4): no third one
+    r.drainer.refill(2)
+    assert r.queue.receive_calls == [(4, 0), (4, 0)] and len(state.held) == 5
+    # GIVEN a deep backlog but no time for one more batch after the first receive
+    r = rig(groups=30, per_group=1, batch_size=4, budget_s=0.55, prior_ms=0, margin_ms=500)
+    r.drainer.begin()
+    r.clock.sleep(0.06)  # 490 ms left: less than the 500 ms margin
+    r.drainer.refill(2)
+    # THEN it received once and dispatches what it has rather than receiving past the budget
+    assert r.queue.receive_calls == [(4, 0)]
 
 
 def test_refill_on_an_empty_queue_reports_nothing_to_dispatch() -> None:
@@ -520,12 +589,90 @@ def test_the_worker_double_answers_in_the_contracts_shape() -> None:
     assert WorkerResponse.from_payload(result.payload).outcomes([message.message_id]) == {Outcome.DONE: 1}
 
 
-def test_the_default_limit_falls_on_a_throttle_and_climbs_back_by_one() -> None:
-    limit = SlotLimit(4)
-    limit.observe(FinishedInvocation([], throttled=True), running=2)
-    assert limit.current == 2
+def test_the_after_429_bound_falls_to_what_runs_and_climbs_back_by_one_over_any_limit() -> None:
+    # GIVEN a fixed limit of 4 (the default) with 2 invocations running
+    r = rig(groups=2, per_group=1, slots=4, batch_size=1, duration_s=lambda call: 9)
+    state = r.drainer.begin()
+    assert isinstance(r.drainer.limit, FixedLimit) and r.drainer.limit_in_force() == 4
+    state.held = r.queue.receive(10)
+    r.drainer.dispatch(2)
+    # WHEN an invoke is throttled / THEN the drain's own bound falls to what runs, below the limit
+    r.drainer.settle(FinishedInvocation([], throttled=True))
+    assert (r.drainer.throttle_slots, r.drainer.limit_in_force(), r.drainer.limit.current()) == (2, 2, 4)
+    # AND each invocation that ran raises it by one, up to the slots
     for expected in (3, 4, 4):
-        limit.observe(FinishedInvocation([], response=WorkerResponse()), running=0)
-        assert limit.current == expected
-    limit.observe(FinishedInvocation([], throttled=True), running=0)
-    assert limit.current == 1
+        r.drainer.settle(FinishedInvocation([], response=WorkerResponse()))
+        assert r.drainer.limit_in_force() == expected
+    state.running.clear()
+    r.drainer.settle(FinishedInvocation([], throttled=True))
+    assert r.drainer.limit_in_force() == 1
+
+
+# -- batches above one receive ------------------------------------------------------------
+
+def run_rig(groups: int, per_group: int, body_bytes: int = 0, **kwargs: Any) -> Rig:
+    """A rig whose groups were sent one after the other (each group's messages in a row), so a
+    receive hands out a run of one group, in order."""
+    r = rig(**kwargs)
+    for g in range(groups):
+        for n in range(per_group):
+            r.queue.send(f"g{g}-{n:03d}" + "x" * body_bytes, f"g{g}")
+    return r
+
+
+def applied_in_order(r: Rig, groups: int, per_group: int, body_bytes: int = 0) -> bool:
+    return r.worker.applied == {f"g{g}": [f"g{g}-{n:03d}" + "x" * body_bytes for n in range(per_group)]
+                                for g in range(groups)}
+
+
+def test_a_deep_backlog_fills_batches_above_ten_keeping_each_group_in_order() -> None:
+    # GIVEN 6 groups of 10 sent one group after the other, batches of up to 30, 2 slots
+    r = run_rig(6, 10, slots=2, batch_size=30, duration_s=lambda call: 1.0)
+    # WHEN drained
+    report = r.drainer.run()
+    # THEN each invocation carried 30 messages (three receives' worth), whole groups in order
+    assert [len(i.message_ids) for i in r.worker.invocations] == [30, 30]
+    assert all(r.queue.receive_calls[k][0] <= 10 for k in range(len(r.queue.receive_calls)))
+    assert applied_in_order(r, 6, 10) and report.succeeded == 60
+    assert set(r.queue.receive_counts().values()) == {1}
+
+
+class SizingInvoker:
+    """The worker behind an invoke, noting each request payload's size as it crosses the wire."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.sizes: list[int] = []
+
+    def invoke(self, payload: Any, *, asynchronous: bool = False) -> InvokeResult:
+        self.sizes.append(len(json.dumps(payload).encode()))
+        result: InvokeResult = self.worker.invoke(payload)
+        return result
+
+
+def test_a_batch_closes_before_lambdas_synchronous_payload_limit() -> None:
+    # GIVEN 4 groups of 10 messages of 200 KB (8 MB in all), batches of up to 100, one slot
+    r = run_rig(4, 10, body_bytes=200_000, slots=1, batch_size=100, duration_s=lambda call: 1.0)
+    sizing = SizingInvoker(r.worker)
+    r.drainer.invoker = sizing
+    # WHEN drained
+    report = r.drainer.run()
+    # THEN no invoke payload reached 6 MB, batches were as full as that allows, all in order
+    assert sizing.sizes and max(sizing.sizes) <= 6 * 1024 * 1024
+    assert len(r.worker.invocations) == 2 and report.succeeded == 40
+    assert applied_in_order(r, 4, 10, body_bytes=200_000)
+
+
+def test_a_run_cut_at_the_payload_limit_waits_for_its_head() -> None:
+    # GIVEN one group of 10 messages of ~1 KB, a payload bound of about 3 records, 3 slots
+    r = run_rig(1, 10, body_bytes=1000, slots=3, batch_size=10, duration_s=lambda call: 1.0)
+    [probe] = r.queue.receive(1)
+    r.queue.release([probe.receipt_handle])
+    r.drainer.max_payload_bytes = 3 * (len(json.dumps(probe.to_sqs_record(r.queue.arn)).encode()) + 1) + 10
+    # WHEN drained
+    r.drainer.run()
+    # THEN every batch stayed within the bound and the group ran one batch at a time, in order
+    assert all(len(i.message_ids) <= 3 for i in r.worker.invocations) and r.pool.peak == 1
+    starts = [i.started for i in r.worker.invocations]
+    assert all(later - earlier >= 1.0 for earlier, later in zip(starts, starts[1:], strict=False))
+    assert applied_in_order(r, 1, 10, body_bytes=1000)

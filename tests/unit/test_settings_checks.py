@@ -115,7 +115,7 @@ def test_runtime_config_rejects_bad_numbers() -> None:
     with pytest.raises(SettingsError, match="SLUICE_DRAIN_MAX_PARALLEL"):
         RuntimeConfig.from_env({"SLUICE_DRAIN_MAX_PARALLEL": "many"})
     with pytest.raises(SettingsError, match="SLUICE_WORKER_BATCH_SIZE"):
-        RuntimeConfig.from_env({"SLUICE_WORKER_BATCH_SIZE": "11"})
+        RuntimeConfig.from_env({"SLUICE_WORKER_BATCH_SIZE": "101"})
 
 
 @pytest.mark.parametrize(

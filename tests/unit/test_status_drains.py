@@ -22,8 +22,10 @@ def test_status_reads_back_the_reports_the_drain_logged(tmp_path: Path, monkeypa
     # GIVEN a consumer log (the drain's own "drain finished" lines, as the local stack writes
     # them) holding two drains, other log lines, and a drain line whose report is broken
     reports = [DrainReport(received=7, dispatched=7, succeeded=5, duplicates=1, dead_lettered=1,
-                           stopped_because="queue_empty", budget_used_pct=12.5),
-               DrainReport(received=3, released=3, throttled=4, stopped_because="budget")]
+                           stopped_because="queue_empty", budget_used_pct=12.5,
+                           limit=3, limit_floor=1, limit_ceiling=8, adaptive=True),
+               DrainReport(received=3, released=3, throttled=4, stopped_because="budget",
+                           limit=6, limit_floor=6, limit_ceiling=6, adaptive=False)]
     log = tmp_path / "consumer.log"
     with log.open("w") as stream:
         monkeypatch.setattr(logger.registered_handler, "stream", stream)
@@ -46,3 +48,5 @@ def test_status_reads_back_the_reports_the_drain_logged(tmp_path: Path, monkeypa
     console.print(render_status(status))
     text = console.export_text()
     assert "last drains" in text and "12.5" in text and "empty" in text and "budget" in text
+    # AND the limit each drain ended at: 3 of an adaptive ceiling of 8, a fixed 6
+    assert "lim" in text and "3/8" in text and "6 fix" in text
