@@ -20,7 +20,7 @@ from sluice.concurrency import ConcurrencyLimit, ConcurrencyLimitError, limit_fo
 from sluice.drain import Drainer
 from sluice.limit_state import QueueTagStore
 from sluice.observability import logger, metrics
-from sluice.settings import RuntimeConfig
+from sluice.runtime import RuntimeConfig
 
 
 @dataclass

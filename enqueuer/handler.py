@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from sluice.aws import AwsError, Queue
 from sluice.enqueue import Enqueuer, EnqueueRequestError
 from sluice.observability import count, logger, metrics
-from sluice.settings import RuntimeConfig, SettingsError
+from sluice.runtime import RuntimeConfig, SettingsError
 
 ROUTE_PATH = "/jobs"
 _enqueuer: Enqueuer | None = None

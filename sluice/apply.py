@@ -10,14 +10,15 @@ and anything unexpected propagate for the caller's retry policy.
 
 from __future__ import annotations
 
-from typing import Any
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any
 
 from sluice.contract import DONE, DUPLICATE, Outcome
 from sluice.db import Database, DbError, TransientDbError, claim
 from sluice.observability import logger
 from sluice.tasks import PayloadError, PermanentTaskError, Task, UnknownTaskError, WorkItem, get_task
+
+if TYPE_CHECKING:  # payloads are the task modules' pydantic models; they load with the tasks
+    from pydantic import BaseModel
 
 
 class ItemRefusedError(Exception):

@@ -47,7 +47,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sluice.settings import RuntimeConfig
+from sluice.runtime import RuntimeConfig
 
 
 class ConcurrencyLimitError(ValueError):

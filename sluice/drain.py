@@ -52,7 +52,7 @@ from sluice.concurrency import BatchSample, ConcurrencyLimit, FixedLimit
 from sluice.contract import ContractError, DrainReport, Outcome, WorkerResponse
 from sluice.observability import MetricUnit, count, logger, metrics
 from sluice.ratelimit import TokenBucket
-from sluice.settings import MAX_BATCH_SIZE, RuntimeConfig
+from sluice.runtime import MAX_BATCH_SIZE, RuntimeConfig
 
 __all__ = ["DrainState", "Drainer", "FinishedInvocation", "ThreadWorkerPool", "WorkerPool", "pack_batches"]
 

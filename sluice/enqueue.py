@@ -44,7 +44,7 @@ from sluice.backoff import exponential_backoff_s, jittered
 from sluice.envelope import MAX_GROUP_LENGTH, MAX_KEY_LENGTH, Envelope, group_id
 from sluice.lanes import LaneRoute, route, routes_from_env, single_lane, why_unroutable
 from sluice.ratelimit import CallWindow
-from sluice.settings import DEFAULT_LANE, RuntimeConfig
+from sluice.runtime import DEFAULT_LANE, RuntimeConfig
 from sluice.tasks import PayloadError, UnknownTaskError, get_task, load_tasks
 
 MAX_MESSAGE_BYTES = 256 * 1024

@@ -15,7 +15,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sluice.settings import DEFAULT_LANE, SettingsError, lane_takes
+from sluice.runtime import DEFAULT_LANE, SettingsError
+
+__all__ = ["DEFAULT_LANE", "LaneRoute", "lane_takes", "route", "routes_from_env", "single_lane", "why_unroutable"]
+
+
+def lane_takes(tasks: Sequence[str] | None, match: Mapping[str, Sequence[Any]], task: str, payload: Any) -> bool:
+    """Does a lane with these ``tasks`` and ``match`` carry an item of ``task`` with ``payload``?"""
+    if tasks is not None and task not in tasks:
+        return False
+    for path, allowed in match.items():
+        value: Any = {"payload": payload}
+        for part in path.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                return False
+            value = value[part]
+        # bool is an int in Python: True must not match 1
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            return False
+    return True
 
 
 @dataclass(frozen=True)

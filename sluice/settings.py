@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,9 +22,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# What the handlers need (RuntimeConfig, read from the environment) lives apart, so a cold start
+# imports no pydantic model of the config file; re-exported here for the tooling.
+from sluice.lanes import DEFAULT_LANE, lane_takes
+from sluice.runtime import MAX_BATCH_SIZE, RuntimeConfig, SettingsError
 
-class SettingsError(Exception):
-    """Settings are missing, malformed or unsafe; the message says which and why."""
+__all__ = ["DEFAULT_LANE", "MAX_BATCH_SIZE", "RuntimeConfig", "SettingsError", "lane_takes"]
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +80,6 @@ class DrainSettings(_Section):
 # Messages one worker invocation may carry. SQS returns at most 10 per receive, so a batch above
 # 10 takes several receives (the drain makes them only with a deep backlog); the invoke payload
 # stays under Lambda's synchronous limit whatever this is (sluice/drain.py closes a batch first).
-MAX_BATCH_SIZE = 100
 
 
 class WorkerSettings(_Section):
@@ -156,7 +158,6 @@ class LocalSettings(_Section):
 
 _MODULE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
 LANE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
-DEFAULT_LANE = "default"  # the one lane of a config without `lanes`
 MatchValue = str | int | float | bool
 # AWS keeps this much of an account's concurrency unreserved; reserved concurrency cannot take it.
 UNRESERVED_MINIMUM = 100
@@ -234,22 +235,6 @@ def _shadows(earlier: Lane, later: Lane) -> bool:
     later_match = dict(later.match)
     # Every condition of the earlier lane must hold for every item the later one takes.
     return all(path in later_match and set(later_match[path]) <= set(allowed) for path, allowed in earlier.match)
-
-
-def lane_takes(tasks: Sequence[str] | None, match: Mapping[str, Sequence[Any]], task: str, payload: Any) -> bool:
-    """Does a lane with these ``tasks`` and ``match`` carry an item of ``task`` with ``payload``?"""
-    if tasks is not None and task not in tasks:
-        return False
-    for path, allowed in match.items():
-        value: Any = {"payload": payload}
-        for part in path.split("."):
-            if not isinstance(value, Mapping) or part not in value:
-                return False
-            value = value[part]
-        # bool is an int in Python: True must not match 1
-        if not any(type(value) is type(a) and value == a for a in allowed):
-            return False
-    return True
 
 
 class TaskModuleSettings(_Section):
@@ -598,110 +583,3 @@ def load_settings(stage: str, directory: Path | None = None) -> Settings:
     except (ValidationError, TypeError) as exc:
         detail = _describe(exc) if isinstance(exc, ValidationError) else str(exc)
         raise SettingsError(f"{path} has invalid settings:\n{detail}") from None
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """What a handler needs, read once from its environment."""
-
-    stage: str
-    lane: str
-    lanes: str  # SLUICE_LANES: every lane's route, for the enqueuer ("" = one lane, SLUICE_QUEUE_URL)
-    queue_url: str
-    dlq_url: str
-    queue_arn: str
-    worker_function: str
-    db_secret_id: str
-    database_url: str
-    db_name: str
-    groups: int
-    max_tps: int
-    visibility_s: int
-    max_receive_count: int
-    consumers: int
-    max_parallel: int
-    min_parallel: int
-    adaptive: bool
-    max_rate: float
-    safety_margin_ms: int
-    wait_s: int
-    worker_timeout_s: int
-    batch_size: int
-    max_items: int
-    max_body_bytes: int
-
-    @property
-    def slots_per_consumer(self) -> int:
-        """Each consumer owns an equal share of the cap, so all of them together never exceed it."""
-        return max(1, self.max_parallel // self.consumers)
-
-    @property
-    def min_slots_per_consumer(self) -> int:
-        """Each consumer's share of the floor; at least one, and never above its share of the cap."""
-        return min(self.slots_per_consumer, max(1, self.min_parallel // self.consumers))
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RuntimeConfig:
-        env = os.environ if env is None else env
-
-        def text(name: str, default: str | None = None) -> str:
-            value = env.get(name, default)
-            if value is None:
-                raise SettingsError(f"environment variable {name} is not set")
-            return value
-
-        def number(name: str, kind: Any, default: str) -> Any:
-            raw = text(name, default)
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise SettingsError(f"environment variable {name}={raw!r} is not a {kind.__name__}") from None
-            if value < 0:
-                raise SettingsError(f"environment variable {name}={raw!r} must not be negative")
-            return value
-
-        def flag(name: str, default: str) -> bool:
-            raw = text(name, default)
-            if raw.strip().lower() not in ("true", "false"):
-                raise SettingsError(f"environment variable {name}={raw!r} must be 'true' or 'false'")
-            return raw.strip().lower() == "true"
-
-        config = cls(
-            stage=text("SLUICE_STAGE", "dev"),
-            lane=text("SLUICE_LANE", DEFAULT_LANE),
-            lanes=text("SLUICE_LANES", ""),
-            queue_url=text("SLUICE_QUEUE_URL", ""),
-            dlq_url=text("SLUICE_DLQ_URL", ""),
-            queue_arn=text("SLUICE_QUEUE_ARN", ""),
-            worker_function=text("SLUICE_WORKER_FUNCTION", ""),
-            db_secret_id=text("SLUICE_DB_SECRET_ID", ""),
-            database_url=text("DATABASE_URL", ""),
-            db_name=text("SLUICE_DB_NAME", "sluice"),
-            groups=number("SLUICE_QUEUE_GROUPS", int, "16"),
-            max_tps=number("SLUICE_QUEUE_MAX_TPS", int, "300"),
-            visibility_s=number("SLUICE_QUEUE_VISIBILITY_S", int, "180"),
-            max_receive_count=number("SLUICE_QUEUE_MAX_RECEIVE_COUNT", int, "5"),
-            consumers=number("SLUICE_DRAIN_CONSUMERS", int, "1"),
-            max_parallel=number("SLUICE_DRAIN_MAX_PARALLEL", int, "4"),
-            min_parallel=number("SLUICE_DRAIN_MIN_PARALLEL", int, "1"),
-            adaptive=flag("SLUICE_DRAIN_ADAPTIVE", "true"),
-            max_rate=number("SLUICE_DRAIN_MAX_RATE", float, "200"),
-            safety_margin_ms=number("SLUICE_DRAIN_SAFETY_MARGIN_MS", int, "5000"),
-            wait_s=number("SLUICE_DRAIN_WAIT_S", int, "1"),
-            worker_timeout_s=number("SLUICE_WORKER_TIMEOUT_S", int, "30"),
-            batch_size=number("SLUICE_WORKER_BATCH_SIZE", int, "10"),
-            max_items=number("SLUICE_ENQUEUER_MAX_ITEMS", int, "1000"),
-            max_body_bytes=number("SLUICE_ENQUEUER_MAX_BODY_BYTES", int, "1048576"),
-        )
-        if (config.groups < 1 or config.max_parallel < 1 or config.consumers < 1
-                or not 1 <= config.batch_size <= MAX_BATCH_SIZE):
-            raise SettingsError(
-                "SLUICE_QUEUE_GROUPS, SLUICE_DRAIN_MAX_PARALLEL and SLUICE_DRAIN_CONSUMERS must be >= 1 "
-                f"and SLUICE_WORKER_BATCH_SIZE within 1..{MAX_BATCH_SIZE}"
-            )
-        if not 1 <= config.min_parallel <= config.max_parallel:
-            raise SettingsError(
-                f"SLUICE_DRAIN_MIN_PARALLEL ({config.min_parallel}) must be within 1..SLUICE_DRAIN_MAX_PARALLEL "
-                f"({config.max_parallel})"
-            )
-        return config

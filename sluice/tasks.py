@@ -31,9 +31,10 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+if TYPE_CHECKING:  # the schemas are the task modules' own: they import pydantic when they load
+    from pydantic import BaseModel, ValidationError
 
 TASK_MODULES_ENV = "SLUICE_TASK_MODULES"
 EXTRA_TASK_MODULES_ENV = "SLUICE_EXTRA_TASK_MODULES"
@@ -96,6 +97,8 @@ class Task:
     module: str
 
     def parse(self, payload: Any) -> BaseModel:
+        from pydantic import ValidationError
+
         try:
             return self.schema.model_validate(payload)
         except ValidationError as exc:

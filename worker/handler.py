@@ -8,7 +8,7 @@ from sluice.aws import Queue
 from sluice.contract import WorkerPayload
 from sluice.db import Database
 from sluice.observability import logger, metrics
-from sluice.settings import RuntimeConfig
+from sluice.runtime import RuntimeConfig
 from sluice.tasks import load_tasks
 from sluice.work import work
 

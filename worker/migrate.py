@@ -11,7 +11,7 @@ from typing import Any
 from sluice.db import Database
 from sluice.migrations import apply_migrations, migration_ids
 from sluice.observability import logger
-from sluice.settings import RuntimeConfig
+from sluice.runtime import RuntimeConfig
 
 
 @logger.inject_lambda_context

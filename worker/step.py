@@ -6,7 +6,7 @@ from typing import Any
 
 from sluice.db import Database
 from sluice.observability import logger, metrics
-from sluice.settings import RuntimeConfig
+from sluice.runtime import RuntimeConfig
 from sluice.step import run_step
 from sluice.tasks import load_tasks
 
