@@ -44,7 +44,7 @@ from sluice.backoff import exponential_backoff_s, jittered
 from sluice.envelope import MAX_GROUP_LENGTH, MAX_KEY_LENGTH, Envelope, group_id
 from sluice.lanes import LaneRoute, route, routes_from_env, single_lane, why_unroutable
 from sluice.ratelimit import CallWindow
-from sluice.runtime import DEFAULT_LANE, RuntimeConfig
+from sluice.runtime import DEFAULT_GROUPS, DEFAULT_LANE, RuntimeConfig
 from sluice.tasks import PayloadError, UnknownTaskError, get_task, load_tasks
 
 MAX_MESSAGE_BYTES = 256 * 1024
@@ -146,7 +146,7 @@ def _item_problems(item: Any) -> tuple[list[str], str | None, Any]:
 
 
 def prepare_items(
-    request: Any, *, max_items: int, groups: int = 16, trace_id: str | None = None,
+    request: Any, *, max_items: int, groups: int = DEFAULT_GROUPS, trace_id: str | None = None,
     lanes: Sequence[LaneRoute] | None = None,
 ) -> list[PreparedItem]:
     """Validate a decoded request, route every item to its lane and build its message, or raise
@@ -295,7 +295,7 @@ class Enqueuer:
         self,
         queue: Queue | None = None,
         *,
-        groups: int = 16,
+        groups: int = DEFAULT_GROUPS,
         max_items: int = 1000,
         max_body_bytes: int = 1048576,
         max_tps: float = 300,

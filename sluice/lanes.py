@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sluice.runtime import DEFAULT_LANE, SettingsError
+from sluice.runtime import DEFAULT_GROUPS, DEFAULT_LANE, SettingsError
 
 __all__ = ["DEFAULT_LANE", "LaneRoute", "lane_takes", "route", "routes_from_env", "single_lane", "why_unroutable"]
 
@@ -42,7 +42,7 @@ class LaneRoute:
     tasks: tuple[str, ...] | None  # None: every task
     match: Mapping[str, tuple[Any, ...]]
     queue_url: str
-    groups: int = 16
+    groups: int = DEFAULT_GROUPS
     max_tps: float = 300
 
     def takes(self, task: str, payload: Any) -> bool:
@@ -54,7 +54,7 @@ class LaneRoute:
         return f"{self.name} ({' and '.join(conditions)})" if conditions else self.name
 
 
-def single_lane(queue_url: str, groups: int = 16, max_tps: float = 300) -> LaneRoute:
+def single_lane(queue_url: str, groups: int = DEFAULT_GROUPS, max_tps: float = 300) -> LaneRoute:
     """The one lane of a config without lanes: every task, one queue."""
     return LaneRoute(DEFAULT_LANE, None, {}, queue_url, groups, max_tps)
 
@@ -68,7 +68,7 @@ def routes_from_env(value: str) -> list[LaneRoute]:
         return [LaneRoute(name=str(r["name"]),
                           tasks=None if r.get("tasks") is None else tuple(str(t) for t in r["tasks"]),
                           match={str(k): tuple(v) for k, v in (r.get("match") or {}).items()},
-                          queue_url=str(r["queue_url"]), groups=int(r.get("groups", 16)),
+                          queue_url=str(r["queue_url"]), groups=int(r.get("groups", DEFAULT_GROUPS)),
                           max_tps=float(r.get("max_tps", 300)))
                 for r in raw]
     except (ValueError, TypeError, KeyError, AttributeError) as exc:

@@ -15,6 +15,9 @@ from typing import Any
 
 MAX_BATCH_SIZE = 100  # messages per worker invocation: several receives of 10 (DESIGN.md section 12)
 DEFAULT_LANE = "default"  # the one lane of a config without `lanes`
+# Shards of unordered work. A FIFO queue hands out no group with a message in flight, so groups
+# bound what can be in flight: chosen from measurement (docs/adr/0008-queue-groups.md).
+DEFAULT_GROUPS = 64
 
 
 class SettingsError(Exception):
@@ -98,7 +101,7 @@ class RuntimeConfig:
             db_secret_id=text("SLUICE_DB_SECRET_ID", ""),
             database_url=text("DATABASE_URL", ""),
             db_name=text("SLUICE_DB_NAME", "sluice"),
-            groups=number("SLUICE_QUEUE_GROUPS", int, "16"),
+            groups=number("SLUICE_QUEUE_GROUPS", int, str(DEFAULT_GROUPS)),
             max_tps=number("SLUICE_QUEUE_MAX_TPS", int, "300"),
             visibility_s=number("SLUICE_QUEUE_VISIBILITY_S", int, "180"),
             max_receive_count=number("SLUICE_QUEUE_MAX_RECEIVE_COUNT", int, "5"),

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # What the handlers need (RuntimeConfig, read from the environment) lives apart, so a cold start
 # imports no pydantic model of the config file; re-exported here for the tooling.
 from sluice.lanes import DEFAULT_LANE, lane_takes
-from sluice.runtime import MAX_BATCH_SIZE, RuntimeConfig, SettingsError
+from sluice.runtime import DEFAULT_GROUPS, MAX_BATCH_SIZE, RuntimeConfig, SettingsError
 
 __all__ = ["DEFAULT_LANE", "MAX_BATCH_SIZE", "RuntimeConfig", "SettingsError", "lane_takes"]
 
@@ -41,7 +41,7 @@ class _Section(BaseModel):
 
 class QueueSettings(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,70}$")
-    groups: int = Field(16, ge=1, le=1000)
+    groups: int = Field(DEFAULT_GROUPS, ge=1, le=1000)  # chosen from measurement: docs/adr/0008-queue-groups.md
     max_tps: int = Field(300, ge=1, le=70000)
     visibility_s: int = Field(180, ge=0, le=43200)
     retention_s: int = Field(345600, ge=60, le=1209600)
