@@ -40,13 +40,6 @@ def vendors(vendor_secret: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ven
     api.stop()
 
 
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(url=database_url, read_timeout=3)
-    yield database
-    database.close()
-
-
 def message(vendor: str = "fast", to: str = "+4915112345678") -> dict[str, Any]:
     return {"vendor": vendor, "to": to, "text": "your parcel is on its way"}
 

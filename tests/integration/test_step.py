@@ -37,13 +37,6 @@ def vendor(token: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[VendorClient
     api.stop()
 
 
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(url=database_url, read_timeout=3)
-    yield database
-    database.close()
-
-
 def step_event(task: str | None = None, customer: str = "acme", amount: int = 250_000) -> dict[str, Any]:
     envelope = Envelope.new("invoice.record", f"S-{uuid.uuid4().hex[:10]}",
                             {"customer": customer, "amount_cents": amount, "currency": "EUR"})

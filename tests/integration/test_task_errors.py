@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Literal
 
 import pytest
@@ -37,13 +36,6 @@ def raise_on_purpose(tx: Transaction, payload: Raise, item: WorkItem) -> None:
     if payload.error == "transient_now":
         raise TransientTaskError("vendor busy", retry_after_s=0)
     raise KeyError("no such template")
-
-
-@pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(url=database_url, read_timeout=3)
-    yield database
-    database.close()
 
 
 def visible_again(queues: FifoQueues, within_s: float) -> bool:

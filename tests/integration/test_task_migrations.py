@@ -3,8 +3,6 @@ against the real MariaDB."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,17 +12,6 @@ from sluice.migrations import MigrationError, MigrationSource, apply_migrations,
 from tests.conftest import admin_url
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def scratch_url() -> Iterator[str]:
-    name = f"sluice_mig_{uuid.uuid4().hex[:10]}"
-    base = admin_url().rstrip("/")
-    yield f"{base}/{name}"
-    admin = connect_admin(base + "/")
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    admin.close()
 
 
 def tables(url: str) -> set[str]:

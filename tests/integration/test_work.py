@@ -30,13 +30,6 @@ LONG_BACKOFF = VisibilityBackoff(base_s=120, cap_s=600)  # long enough that a pu
 
 
 @pytest.fixture
-def db(database_url: str) -> Iterator[Database]:
-    database = Database(url=database_url, read_timeout=3)
-    yield database
-    database.close()
-
-
-@pytest.fixture
 def unreachable_db() -> Database:
     # A port nothing listens on: connects are refused at once, like a database that is down.
     return Database(url=f"mysql://root@127.0.0.1:{free_port()}/nowhere", connect_timeout=1)

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from awslambdaric.lambda_context import LambdaContext
 from typer.testing import CliRunner
 
-from sluice.db import Database, connect_admin
+from sluice.db import Database
 from sluice_tools.cli import app
 from sluice_tools.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE
-from tests.conftest import admin_url, free_port
+from tests.conftest import free_port
 from worker.tasks import invoices
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def scratch_url() -> Iterator[str]:
-    """A database name of this test's own; the command creates it, the fixture drops it."""
-    name = f"sluice_cli_{uuid.uuid4().hex[:10]}"
-    base = admin_url().rstrip("/")
-    yield f"{base}/{name}"
-    admin = connect_admin(base + "/")
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    admin.close()
 
 
 def test_migrate_local_applies_every_migration_once(scratch_url: str) -> None:
