@@ -47,7 +47,7 @@ from rich.table import Table
 from sluice.aws import Queue
 from sluice.db import Database, DbError
 from sluice.settings import Lane, Settings
-from sluice_tools.local.env import lane_queue_keys
+from sluice_tools.local.env import queue_env_keys
 from sluice_tools.local.vendor_client import VendorAdminError, VendorClient
 from sluice_tools.ops.dlq import list_dead_letters
 from sluice_tools.ops.status import QueueCounts, lambda_stats, queue_counts
@@ -111,7 +111,7 @@ class DemoLane:
 def demo_lanes(settings: Settings, env: dict[str, str]) -> list[DemoLane]:
     lanes = []
     for lane in settings.resolved_lanes():
-        queue_key, dlq_key = ("SLUICE_QUEUE_URL", "SLUICE_DLQ_URL") if lane.implicit else lane_queue_keys(lane.name)
+        queue_key, dlq_key = queue_env_keys(lane)
         if not env.get(queue_key) or not env.get(dlq_key):
             raise DemoError(f"the local stack's local.env names no queue for lane {lane.name!r}")
         lanes.append(DemoLane(lane, Queue(env[queue_key]), Queue(env[dlq_key]),

@@ -29,7 +29,7 @@ from sluice import aws
 from sluice.settings import Lane, Settings, load_settings
 from sluice_tools.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from sluice_tools.functions import function_table
-from sluice_tools.local.env import LocalStackNotRunningError, lane_queue_keys, read_local_env, use_local_stack
+from sluice_tools.local.env import LocalStackNotRunningError, queue_env_keys, read_local_env, use_local_stack
 
 LOCAL_STAGE = "local"
 # Lets a test (or a second stack) point the CLI at another local.env than the project's.
@@ -175,8 +175,7 @@ def _resolve_local(settings: Settings) -> StageContext:
     except LocalStackNotRunningError as exc:
         raise CliError(str(exc), EXIT_UNAVAILABLE) from None
     lanes = _lanes_or_usage(settings)
-    keys = {lane.name: (("SLUICE_QUEUE_URL", "SLUICE_DLQ_URL") if lane.implicit else lane_queue_keys(lane.name))
-            for lane in lanes}
+    keys = {lane.name: queue_env_keys(lane) for lane in lanes}
     missing = [k for pair in keys.values() for k in pair if not env.get(k)]
     if missing:
         raise CliError(f"local.env lacks {', '.join(missing)}: is the running stack of another config? "

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sluice import aws
-from sluice.settings import PROJECT_ROOT
+from sluice.settings import PROJECT_ROOT, Lane
 
 LOCAL_DIR = PROJECT_ROOT / ".sluice"
 LOCAL_ENV = LOCAL_DIR / "local.env"
@@ -107,9 +107,15 @@ def read_local_env(path: Path = LOCAL_ENV) -> dict[str, str]:
 
 
 def lane_queue_keys(lane: str) -> tuple[str, str]:
-    """local.env's keys of one lane's queue URL and DLQ URL."""
+    """local.env's keys of one named lane's queue URL and DLQ URL."""
     suffix = lane.upper().replace("-", "_")
     return f"SLUICE_QUEUE_URL_{suffix}", f"SLUICE_DLQ_URL_{suffix}"
+
+
+def queue_env_keys(lane: Lane) -> tuple[str, str]:
+    """local.env's keys of ``lane``'s queue URL and DLQ URL: today's plain keys for the one lane
+    of a config without lanes, the lane's own otherwise."""
+    return ("SLUICE_QUEUE_URL", "SLUICE_DLQ_URL") if lane.implicit else lane_queue_keys(lane.name)
 
 
 def remove_local_env(path: Path = LOCAL_ENV) -> None:

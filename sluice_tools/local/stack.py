@@ -10,7 +10,7 @@ Lanes (DESIGN.md section 11): every lane gets its queue and DLQ (from its own ``
 settings), its consumer and worker (each with its lane's environment, ``Settings.runtime_env(
 lane=...)``) and a schedule of its own (``drain.consumers`` invokes per tick, every
 ``local.tick_s``); the enqueuer gets every lane's route and queue URL in ``SLUICE_LANES``.
-local.env names each lane's queues as ``env.lane_queue_keys`` says. Once everything answers it writes
+local.env names each lane's queues as ``env.queue_env_keys`` says. Once everything answers it writes
 ``.sluice/local.env`` and a state file with every child pid, so `sluice local down` can stop
 the stack, and clean up after it even if the stack process itself was killed.
 """
@@ -37,7 +37,7 @@ from sluice_tools.local.env import (
     DUMMY_ACCESS_KEY_ID,
     DUMMY_SECRET_ACCESS_KEY,
     LOCAL_DIR,
-    lane_queue_keys,
+    queue_env_keys,
     write_local_env,
 )
 from sluice_tools.local.fauxqs import FauxqsServer
@@ -313,12 +313,9 @@ class LocalStack:
 
     def _queue_env(self, lanes: list[Lane]) -> dict[str, str]:
         """local.env's queue URLs: the one queue of a config without lanes, else each lane's pair."""
-        if lanes[0].implicit:
-            queues = self.lane_queues[lanes[0].name]
-            return {"SLUICE_QUEUE_URL": queues.url, "SLUICE_DLQ_URL": queues.dlq_url}
         env: dict[str, str] = {}
         for lane in lanes:
-            queue_key, dlq_key = lane_queue_keys(lane.name)
+            queue_key, dlq_key = queue_env_keys(lane)
             env[queue_key] = self.lane_queues[lane.name].url
             env[dlq_key] = self.lane_queues[lane.name].dlq_url
         return env
