@@ -82,6 +82,17 @@ def step_tasks(definition: Mapping[str, Any]) -> dict[str, str]:
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 
 
+def placeholders(definition: Any) -> set[str]:
+    """Every ``${Name}`` placeholder in the definition's strings."""
+    if isinstance(definition, str):
+        return set(_PLACEHOLDER.findall(definition))
+    if isinstance(definition, Mapping):
+        return set().union(*(placeholders(v) for v in definition.values())) if definition else set()
+    if isinstance(definition, list):
+        return set().union(*(placeholders(v) for v in definition)) if definition else set()
+    return set()
+
+
 def substitute(definition: Any, values: Mapping[str, str]) -> Any:
     """``${Name}`` placeholders in every string replaced by ``values[Name]``, as CloudFormation's
     DefinitionSubstitutions does at deploy time; the local stack and the tests use this. A

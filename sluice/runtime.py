@@ -35,6 +35,8 @@ class RuntimeConfig:
     dlq_url: str
     queue_arn: str
     worker_function: str
+    flow_arn: str  # a workflow lane's state machine ("" = a worker lane)
+    flow_max_run_s: int  # how long one of its executions may run (the failure scan's look-back)
     db_secret_id: str
     database_url: str
     db_name: str
@@ -98,6 +100,8 @@ class RuntimeConfig:
             dlq_url=text("SLUICE_DLQ_URL", ""),
             queue_arn=text("SLUICE_QUEUE_ARN", ""),
             worker_function=text("SLUICE_WORKER_FUNCTION", ""),
+            flow_arn=text("SLUICE_FLOW_ARN", ""),
+            flow_max_run_s=number("SLUICE_FLOW_MAX_RUN_S", int, "0"),
             db_secret_id=text("SLUICE_DB_SECRET_ID", ""),
             database_url=text("DATABASE_URL", ""),
             db_name=text("SLUICE_DB_NAME", "sluice"),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # What the handlers need (RuntimeConfig, read from the environment) lives apart, so a cold start
 # imports no pydantic model of the config file; re-exported here for the tooling.
@@ -157,6 +157,11 @@ class LocalSettings(_Section):
 
 
 _MODULE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+# A workflow definition's placeholder for its lane's step Lambda (worker/step.py).
+STEP_FUNCTION_PLACEHOLDER = "StepFunctionArn"
+# A definition without TimeoutSeconds may run for a Standard workflow's year: the failure scan
+# (sluice/flows.py) then looks back that far for executions that may have closed lately.
+MAX_FLOW_RUN_S = 365 * 86400
 LANE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,15}$")
 MatchValue = str | int | float | bool
 # AWS keeps this much of an account's concurrency unreserved; reserved concurrency cannot take it.
@@ -170,10 +175,28 @@ class FlowSettings(_Section):
     definition: str = Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*\.(json|ya?ml)$")
     # The state machine's name; "" = <service>-<stage>-<lane>.
     name: str = Field("", pattern=r"^([A-Za-z0-9_-]{1,80})?$")
+    # SNS topics the flow publishes to, made with the lane (deploy and local stack): topic
+    # ``Notify`` is ``<service>-<stage>-<lane>-notify``, its ARN the definition's ${NotifyTopicArn}.
+    topics: list[str] = Field(default_factory=list)
+
+    @field_validator("topics")
+    @classmethod
+    def _topic_names(cls, topics: list[str]) -> list[str]:
+        for topic in topics:
+            if not re.match(r"^[A-Z][A-Za-z0-9]{0,31}$", topic):
+                raise ValueError(f"flow topic {topic!r} must be a CamelCase name (e.g. Notify), "
+                                 "at most 32 letters and digits")
+        if len(set(topics)) != len(topics):
+            raise ValueError("flow.topics names a topic twice")
+        return topics
 
     @property
     def path(self) -> Path:
         return PROJECT_ROOT / self.definition
+
+    def placeholders(self) -> tuple[str, ...]:
+        """The ``${Name}`` placeholders a definition may use: the step function and each topic."""
+        return (STEP_FUNCTION_PLACEHOLDER, *(f"{topic}TopicArn" for topic in self.topics))
 
 
 class LaneSettings(_Section):
@@ -217,6 +240,17 @@ class Lane:
     def function_key(self, role: str) -> str:
         """serverless.yml's key of this lane's ``role`` function: ``worker``, ``worker-vendor-a``."""
         return role if self.implicit else f"{role}-{self.name}"
+
+    @property
+    def target_role(self) -> str:
+        """What runs the lane's items: ``worker`` (the consumer invokes it) or, for a workflow
+        lane, ``step`` (the state machine's Task states invoke it)."""
+        return "step" if self.flow is not None else "worker"
+
+    @property
+    def target_key(self) -> str:
+        """serverless.yml's key of the function that applies this lane's items."""
+        return self.function_key(self.target_role)
 
     def route(self) -> dict[str, Any]:
         """What the enqueuer needs to route into this lane (queue URL added by the deployer)."""
@@ -407,7 +441,7 @@ class Settings(_Section):
 
     def runtime_env(
         self, *, queue_url: str, dlq_url: str, worker_function: str, db_secret_id: str = "", queue_arn: str = "",
-        lane: Lane | None = None, routes: str = "",
+        lane: Lane | None = None, routes: str = "", flow_arn: str = "",
     ) -> dict[str, str]:
         """The environment every handler of ``lane`` (default: the only one) gets; serverless.yml
         sets the same names. ``routes`` is ``lanes_env``'s JSON: how the enqueuer routes items
@@ -424,6 +458,10 @@ class Settings(_Section):
             # so it needs no sqs:GetQueueAttributes to look it up.
             "SLUICE_QUEUE_ARN": queue_arn,
             "SLUICE_WORKER_FUNCTION": worker_function,
+            # A workflow lane's state machine: its consumer starts executions instead of invoking
+            # workers ("" for a worker lane).
+            "SLUICE_FLOW_ARN": flow_arn,
+            "SLUICE_FLOW_MAX_RUN_S": str(self.flow_max_run_s(lane)),
             "SLUICE_DB_SECRET_ID": db_secret_id,
             "SLUICE_DB_NAME": self.database.name,
             "SLUICE_QUEUE_GROUPS": str(q.groups),
@@ -447,6 +485,29 @@ class Settings(_Section):
         }
 
 
+    def state_machine_name(self, lane: Lane) -> str:
+        """A workflow lane's state machine: ``flow.name``, else ``<service>-<stage>-<lane>``."""
+        if lane.flow is None:
+            raise SettingsError(f"lane {lane.name!r} is not a workflow lane (it has no flow)")
+        return lane.flow.name or f"{self.service}-{self.stage}-{lane.name}"
+
+    def topic_name(self, lane: Lane, topic: str) -> str:
+        """The SNS topic ``topic`` of a workflow lane: ``<service>-<stage>-<lane>-<topic>``."""
+        return f"{self.service}-{self.stage}-{lane.name}-{topic.lower()}"
+
+    def flow_max_run_s(self, lane: Lane) -> int:
+        """How long one execution may run: the definition's TimeoutSeconds, else a year (0 for a
+        worker lane). The failure scan needs it to know how far back a closing execution started."""
+        if lane.flow is None:
+            return 0
+        from sluice.asl import DefinitionError, load_definition
+
+        try:
+            timeout = load_definition(lane.flow.path).get("TimeoutSeconds")
+        except DefinitionError:
+            return MAX_FLOW_RUN_S  # config check names the file's fault
+        return int(timeout) if isinstance(timeout, int) and 0 < timeout <= MAX_FLOW_RUN_S else MAX_FLOW_RUN_S
+
     def lanes_env(self, queue_urls: Mapping[str, str]) -> str:
         """SLUICE_LANES: every lane's route and queue URL, in routing order; "" for a config
         without lanes (the enqueuer then sends everything to SLUICE_QUEUE_URL)."""
@@ -469,7 +530,7 @@ class Settings(_Section):
 
 def _flow_problems(lanes: list[Lane], known_tasks: set[str] | None) -> list[str]:
     """A workflow lane's definition file must exist and be ASL; its steps must run known tasks."""
-    from sluice.asl import DefinitionError, load_definition, step_tasks
+    from sluice.asl import DefinitionError, load_definition, placeholders, step_tasks
 
     found: list[str] = []
     for lane in lanes:
@@ -481,6 +542,10 @@ def _flow_problems(lanes: list[Lane], known_tasks: set[str] | None) -> list[str]
             found.append(f"lanes.{lane.name}.flow: {exc} (flow.definition {lane.flow.definition!r} is a path "
                          "relative to the project root)")
             continue
+        known = lane.flow.placeholders()
+        for name in sorted(set(placeholders(definition)) - set(known)):
+            found.append(f"lanes.{lane.name}.flow: the definition uses ${{{name}}}, which nothing provides "
+                         f"(known: {', '.join(known)}; a topic Foo is flow.topics: [Foo] -> ${{FooTopicArn}})")
         if known_tasks is not None:
             for state, task_name in step_tasks(definition).items():
                 if task_name not in known_tasks:

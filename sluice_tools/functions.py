@@ -22,7 +22,7 @@ class FunctionSpec:
     schedule: str | None = None  # EventBridge expression for scheduled functions
     env_names: tuple[str, ...] = RUNTIME_ENV_NAMES
     lane: str | None = None  # the lane a consumer or worker serves; None for the stage-wide ones
-    role: str = ""  # "enqueuer" | "consumer" | "worker" | "migrate"
+    role: str = ""  # "enqueuer" | "consumer" | "worker" | "step" | "migrate"
 
     @property
     def module(self) -> str:
@@ -45,14 +45,16 @@ def function_table(settings: Settings) -> dict[str, FunctionSpec]:
     }
     for lane in settings.resolved_lanes():
         d, w = lane.drain, lane.worker
-        consumer, worker = lane.function_key("consumer"), lane.function_key("worker")
+        consumer, target = lane.function_key("consumer"), lane.target_key
         # Reserved concurrency = consumers: a tick that finds the previous drain still running is
         # throttled instead of piling a second drain on top of it.
         table[consumer] = FunctionSpec(consumer, "consumer/handler.lambda_handler", d.timeout_s, d.memory_mb,
                                        d.consumers, schedule=d.schedule, lane=lane.name, role="consumer")
-        # Reserved concurrency = the lane's cap: what holds it when a worker outlives its drain.
-        table[worker] = FunctionSpec(worker, "worker/handler.lambda_handler", w.timeout_s, w.memory_mb,
-                                     w.reserved_concurrency, lane=lane.name, role="worker")
+        # Reserved concurrency = the lane's cap: what holds it when a worker outlives its drain. A
+        # workflow lane's step function (its Task states call it) takes the worker's settings.
+        handler = "worker/step.lambda_handler" if lane.flow is not None else "worker/handler.lambda_handler"
+        table[target] = FunctionSpec(target, handler, w.timeout_s, w.memory_mb, w.reserved_concurrency,
+                                     lane=lane.name, role=lane.target_role)
     # Runs the schema migrations inside the VPC after a deploy (`sluice db migrate --stage S`).
     table["migrate"] = FunctionSpec("migrate", "worker/migrate.lambda_handler", 300, 256, 1, role="migrate")
     return table

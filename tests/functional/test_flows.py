@@ -204,3 +204,38 @@ def test_an_aborted_execution_is_dead_lettered_with_its_state(sfn: Any, queues: 
     # (moto's history drops StopExecution's error and cause; AWS keeps them and they join the reason)
     assert letter.key == envelope.key and letter.reason.startswith("state Hold: ")
     assert letter.error_type in ("ops.Cancelled", "ExecutionAborted")
+
+
+def test_the_consumer_of_a_workflow_lane_starts_executions_and_dead_letters_failures(
+        sfn: Any, fifo_queues: FifoQueues, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fixtures.events import scheduled_event
+    from tests.helpers import lambda_context
+
+    # GIVEN a workflow lane's consumer (SLUICE_FLOW_ARN set, as the deploy and the local stack do)
+    # whose machine fails every item, and two items in its queue
+    flow = machine(sfn, FAIL)
+    queue, dlq = Queue(fifo_queues.url), Queue(fifo_queues.dlq_url)
+    for name, value in {"SLUICE_QUEUE_URL": fifo_queues.url, "SLUICE_DLQ_URL": fifo_queues.dlq_url,
+                        "SLUICE_QUEUE_ARN": fifo_queues.arn, "SLUICE_FLOW_ARN": flow.arn,
+                        "SLUICE_FLOW_MAX_RUN_S": "60", "SLUICE_DRAIN_WAIT_S": "0",
+                        "SLUICE_DRAIN_SAFETY_MARGIN_MS": "1000", "SLUICE_WORKER_TIMEOUT_S": "2"}.items():
+        monkeypatch.setenv(name, value)
+    import consumer.handler as consumer
+
+    consumer.reset()
+    sent = [send(queue, f"C-{uuid.uuid4().hex[:8]}") for _ in range(2)]
+    try:
+        # WHEN it drains
+        report = consumer.lambda_handler(scheduled_event(), lambda_context("sluice-test-consumer", 5))
+        # THEN each message started one execution and was deleted; no worker was invoked
+        assert (report["flow"]["started"], report["flow"]["deleted"]) == (2, 2)
+        assert "received" not in report and dead_letters.depth(queue) == 0
+        eventually(lambda: len(names(flow, "FAILED")) == 2, 20, "both executions to fail")
+        # AND WHEN the next drain runs / THEN the failures are in the DLQ with their state and cause
+        report = consumer.lambda_handler(scheduled_event(), lambda_context("sluice-test-consumer", 5))
+        assert report["failures"]["dead_lettered"] == 2
+        letters = dead_letters.list_dead_letters(dlq).letters
+        assert sorted(letter.key for letter in letters) == sorted(e.key for e in sent)
+        assert all(letter.reason.startswith("state Refuse: sluice.PermanentTaskError") for letter in letters)
+    finally:
+        consumer.reset()

@@ -35,8 +35,44 @@ def test_lane_flow_resolves_with_its_path() -> None:
 
 
 def test_shipped_invoice_flow_is_safe_and_names_known_tasks() -> None:
-    found = with_flow({"definition": INVOICE_FLOW}).problems(["invoice.record", "accounting.post"])
+    found = with_flow({"definition": INVOICE_FLOW, "topics": ["Notify"]}).problems(
+        ["invoice.record", "accounting.post"])
     assert [p for p in found if ".flow" in p] == []
+
+
+def test_a_placeholder_nothing_provides_is_named() -> None:
+    # GIVEN the invoice flow, which publishes to ${NotifyTopicArn}, on a lane declaring no topic
+    found = with_flow({"definition": INVOICE_FLOW}).problems(["invoice.record", "accounting.post"])
+    # THEN config check names the placeholder and how to provide it
+    assert any("${NotifyTopicArn}, which nothing provides" in p and "flow.topics" in p for p in found)
+
+
+def test_flow_topics_name_their_placeholders_and_sns_topics() -> None:
+    settings = with_flow({"definition": INVOICE_FLOW, "topics": ["Notify", "Billing"]})
+    lane = settings.lane("flow")
+    assert lane.flow is not None
+    assert lane.flow.placeholders() == ("StepFunctionArn", "NotifyTopicArn", "BillingTopicArn")
+    assert settings.topic_name(lane, "Notify") == "sluice-t-flow-notify"
+    assert settings.state_machine_name(lane) == "sluice-t-flow"
+
+
+@pytest.mark.parametrize("topics", [["notify"], ["Notify", "Notify"], ["No-tify"]])
+def test_bad_topic_names_are_refused(topics: list[str]) -> None:
+    with pytest.raises(ValueError, match="topic"):
+        with_flow({"definition": INVOICE_FLOW, "topics": topics})
+
+
+def test_a_flow_lane_runs_a_step_function_not_a_worker() -> None:
+    from sluice_tools.functions import function_table
+
+    settings = with_flow({"definition": INVOICE_FLOW, "topics": ["Notify"]})
+    lane = settings.lane("flow")
+    table = function_table(settings)
+    assert lane.target_key == "step-flow" and "worker-flow" not in table
+    assert table["step-flow"].handler == "worker/step.lambda_handler" and table["step-flow"].role == "step"
+    # The failure scan looks back as far as the definition lets an execution run.
+    env = settings.runtime_env(queue_url="", dlq_url="", worker_function="", lane=lane, flow_arn="arn:m")
+    assert env["SLUICE_FLOW_ARN"] == "arn:m" and env["SLUICE_FLOW_MAX_RUN_S"] == "900"
 
 
 def test_missing_definition_is_a_problem() -> None:
