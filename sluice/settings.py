@@ -11,6 +11,7 @@ Two sources, one vocabulary:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -398,7 +399,8 @@ class Settings(_Section):
                 if unknown:
                     found.append(f"lanes.{lane.name} names task(s) no configured module registers: "
                                  f"{', '.join(unknown)} (known: {', '.join(sorted(known_tasks))})")
-            orphans = sorted(known_tasks - carried)
+            # A task a workflow's step runs needs no lane of its own (accounting.post in the invoice flow).
+            orphans = sorted(known_tasks - carried - _flow_step_tasks(lanes))
             if orphans:
                 found.append(f"no lane carries task(s) {', '.join(orphans)}: every item of them would be refused "
                              "(add them to a lane's tasks)")
@@ -526,6 +528,19 @@ class Settings(_Section):
             "SLUICE_TASK_SETTINGS": json.dumps({t.module: t.settings for t in self.tasks if t.settings},
                                                sort_keys=True, separators=(",", ":")),
         }
+
+
+def _flow_step_tasks(lanes: list[Lane]) -> set[str]:
+    """Every task the workflow lanes' definitions run as steps (unreadable files count none:
+    ``_flow_problems`` names them)."""
+    from sluice.asl import DefinitionError, load_definition, step_tasks
+
+    found: set[str] = set()
+    for lane in lanes:
+        if lane.flow is not None:
+            with contextlib.suppress(DefinitionError):
+                found |= set(step_tasks(load_definition(lane.flow.path)).values())
+    return found
 
 
 def _flow_problems(lanes: list[Lane], known_tasks: set[str] | None) -> list[str]:

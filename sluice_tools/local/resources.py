@@ -6,19 +6,26 @@ DLQ retention), ``create_lane_queues`` the same pair for every lane (each from i
 ``queue`` settings: ``<queue.name>-<lane>.fifo`` and ``<queue.name>-<lane>-dlq.fifo``);
 ``create_db_secret`` stores the database credentials in Secrets Manager in the shape RDS
 uses, so the worker reads them locally exactly as it does on AWS;
-``create_vendor_secret`` stores the stand-in vendor API's token the same way.
+``create_vendor_secret`` stores the stand-in vendor API's token the same way;
+``create_flows`` makes each workflow lane's topics and its state machine from the lane's
+definition file, its placeholders substituted as CloudFormation's DefinitionSubstitutions does.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from sluice.asl import DefinitionError, load_definition, substitute
 from sluice.db import DbCredentials
-from sluice.settings import QueueSettings, Settings
+from sluice.settings import STEP_FUNCTION_PLACEHOLDER, Lane, QueueSettings, Settings
+
+# moto does not check roles; a state machine still needs one named.
+LOCAL_FLOW_ROLE = "arn:aws:iam::123456789012:role/sluice-local-flow"
 
 
 class ResourceError(RuntimeError):
@@ -59,6 +66,42 @@ def create_queues(sqs_client: Any, settings: Settings | QueueSettings) -> QueueU
         return QueueUrls(url=url, arn=_arn(sqs_client, url), dlq_url=dlq_url, dlq_arn=dlq_arn)
     except (ClientError, BotoCoreError) as exc:
         raise ResourceError(f"cannot create the queues {q.fifo_name} / {q.dlq_fifo_name}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class FlowResources:
+    machine_arn: str
+    topics: dict[str, str]  # flow topic name (Notify) -> its ARN
+
+
+def create_flows(sfn_client: Any, sns_client: Any, settings: Settings,
+                 step_function_arn: Callable[[Lane], str]) -> dict[str, FlowResources]:
+    """Every workflow lane's topics and state machine, by lane name (none for worker lanes). A
+    machine left by an earlier run of the stack gets this run's definition."""
+    made: dict[str, FlowResources] = {}
+    for lane in settings.resolved_lanes():
+        if lane.flow is None:
+            continue
+        name = settings.state_machine_name(lane)
+        try:
+            topics = {topic: str(sns_client.create_topic(Name=settings.topic_name(lane, topic))["TopicArn"])
+                      for topic in lane.flow.topics}
+            values = {STEP_FUNCTION_PLACEHOLDER: step_function_arn(lane),
+                      **{f"{topic}TopicArn": arn for topic, arn in topics.items()}}
+            definition = json.dumps(substitute(load_definition(lane.flow.path), values))
+            existing = {m["name"]: m["stateMachineArn"] for m in sfn_client.list_state_machines()["stateMachines"]}
+            if name in existing:
+                sfn_client.update_state_machine(stateMachineArn=existing[name], definition=definition)
+                arn = existing[name]
+            else:
+                arn = sfn_client.create_state_machine(name=name, definition=definition,
+                                                      roleArn=LOCAL_FLOW_ROLE)["stateMachineArn"]
+        except DefinitionError as exc:
+            raise ResourceError(f"lane {lane.name}: {exc}") from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise ResourceError(f"cannot create lane {lane.name}'s state machine {name}: {exc}") from exc
+        made[lane.name] = FlowResources(str(arn), topics)
+    return made
 
 
 def create_lane_queues(sqs_client: Any, settings: Settings) -> dict[str, QueueUrls]:

@@ -6,6 +6,11 @@ running the functions of ``sluice_tools.functions.function_table``, the HTTP API
 enqueuer, the schedule for the consumers and the stand-in vendor API (``local.vendors``; its
 token in the secret ``<service>/<stage>/tasks/vendor``).
 
+Workflow lanes (docs/adr/0007-workflow-lanes.md): moto executes their state machines, made from
+each lane's definition file with its topics on moto's SNS; moto's interpreter calls Lambda at
+``localhost:$MOTO_PORT``, so moto is started with MOTO_PORT naming a gateway that sends Lambda
+invokes to this stack's Lambda service (the lane's ``step-<lane>`` function) and the rest to moto.
+
 Lanes (DESIGN.md section 11): every lane gets its queue and DLQ (from its own ``queue``
 settings), its consumer and worker (each with its lane's environment, ``Settings.runtime_env(
 lane=...)``) and a schedule of its own (``drain.consumers`` invokes per tick, every
@@ -46,8 +51,16 @@ from sluice_tools.local.lambda_service import FunctionDefinition, LambdaService,
 from sluice_tools.local.mariadb import LocalDatabase, find_database
 from sluice_tools.local.moto_server import MotoServer
 from sluice_tools.local.processes import LocalServiceError, choose_port
-from sluice_tools.local.resources import QueueUrls, create_db_secret, create_lane_queues, create_vendor_secret
+from sluice_tools.local.resources import (
+    FlowResources,
+    QueueUrls,
+    create_db_secret,
+    create_flows,
+    create_lane_queues,
+    create_vendor_secret,
+)
 from sluice_tools.local.scheduler import ACCOUNT_ID, Scheduler
+from sluice_tools.local.sfn_gateway import SfnGateway, SfnGatewayError
 from sluice_tools.local.vendor_api import VendorApi, configured_vendors
 
 STATE_FILE = "stack.json"
@@ -112,6 +125,8 @@ class LocalStack:
     lambdas: LambdaService | None = field(default=None, init=False)
     api: HttpApi | None = field(default=None, init=False)
     vendors: VendorApi | None = field(default=None, init=False)
+    sfn_gateway: SfnGateway | None = field(default=None, init=False)  # only with workflow lanes
+    flows: dict[str, FlowResources] = field(default_factory=dict, init=False)  # by workflow lane
     schedulers: dict[str, Scheduler] = field(default_factory=dict, init=False)  # by lane
     lane_queues: dict[str, QueueUrls] = field(default_factory=dict, init=False)  # by lane, routing order
     queues: QueueUrls | None = field(default=None, init=False)  # the first lane's (a config without lanes: the queue)
@@ -141,9 +156,11 @@ class LocalStack:
     def lane_env(self, lane: Lane, db_secret_id: str, routes: str = "") -> dict[str, str]:
         """The runtime environment of ``lane``'s functions: its own queues, worker and settings."""
         queues = self.lane_queues[lane.name]
+        flow = self.flows.get(lane.name)
         return self.settings.runtime_env(
             queue_url=queues.url, dlq_url=queues.dlq_url, queue_arn=queues.arn, lane=lane, routes=routes,
-            worker_function=self.function_name(lane.function_key("worker")), db_secret_id=db_secret_id)
+            worker_function="" if flow else self.function_name(lane.target_key), db_secret_id=db_secret_id,
+            flow_arn=flow.machine_arn if flow else "")
 
     def function_name(self, key: str) -> str:
         return self.settings.function_name(key)
@@ -183,8 +200,15 @@ class LocalStack:
         # so its port is settled before the service starts.
         lambda_port = choose_port(self.lambda_port, "the Lambda service")
         lambda_url = f"http://127.0.0.1:{lambda_port}"
-        self.moto = MotoServer(self.moto_port, self.logs_dir / "moto.log")
+        flow_lanes = [lane for lane in self.settings.resolved_lanes() if lane.flow is not None]
+        gateway_port = choose_port(None, "the Step Functions gateway") if flow_lanes else None
+        self.moto = MotoServer(self.moto_port, self.logs_dir / "moto.log", step_functions_port=gateway_port)
         moto_url = self.moto.start()
+        if gateway_port:
+            try:
+                self.sfn_gateway = SfnGateway(moto_url, lambda_url, port=gateway_port).start()
+            except SfnGatewayError as exc:
+                raise LocalServiceError(str(exc)) from exc
         if self.sqs == "fauxqs":
             self.fauxqs = FauxqsServer(self.sqs_port, self.logs_dir / "fauxqs.log")
             self.sqs_url = self.fauxqs.start()
@@ -204,6 +228,12 @@ class LocalStack:
         self.queues = self.lane_queues[lanes[0].name]
         secrets_client = boto3.client("secretsmanager", endpoint_url=moto_url, **aws)
         secret_arn = create_db_secret(secrets_client, self.settings, self.database.url)
+        if flow_lanes:
+            self.flows = create_flows(
+                boto3.client("stepfunctions", endpoint_url=moto_url, **aws),
+                boto3.client("sns", endpoint_url=moto_url, **aws), self.settings,
+                lambda lane: f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:"
+                             f"{self.function_name(lane.target_key)}")
         # The vendor's token is made per run: the task reads it from the secret, as it would on AWS.
         vendor_token = secrets.token_urlsafe(24)
         self.vendors = VendorApi(configured_vendors(self.settings.local.vendors, vendor_token),
@@ -292,6 +322,8 @@ class LocalStack:
             self.lambdas.stop()
         if self.vendors is not None:
             self.vendors.stop()
+        if self.sfn_gateway is not None:
+            self.sfn_gateway.stop()
         if self.database is not None:
             self.database.stop()
         if self.fauxqs is not None:
@@ -358,6 +390,8 @@ class LocalStack:
             "lambda_url": self.env.get("AWS_ENDPOINT_URL_LAMBDA", ""),
             "queues": {"url": self.queues.url, "dlq_url": self.queues.dlq_url} if self.queues else {},
             "lanes": {name: {"url": q.url, "dlq_url": q.dlq_url} for name, q in self.lane_queues.items()},
+            "flows": {name: {"state_machine_arn": f.machine_arn, "topics": f.topics} for name, f in self.flows.items()},
+            "sfn_gateway": dict(self.sfn_gateway.forwarded) if self.sfn_gateway else {},
             "functions": functions,
             "schedule": _summed_schedule([s.stats() for s in self.schedulers.values()]),
             "schedules": {name: s.stats() for name, s in self.schedulers.items()},

@@ -117,3 +117,12 @@ def test_json_definition_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "f.asl.json"
     path.write_text(json.dumps({"StartAt": "A", "States": {"A": {"Type": "Pass", "End": True}}}))
     assert load_definition(path)["StartAt"] == "A"
+
+
+def test_a_task_only_a_flow_step_runs_needs_no_lane() -> None:
+    # GIVEN a flow lane carrying invoice.record whose flow runs accounting.post as a step
+    settings = with_flow({"definition": INVOICE_FLOW, "topics": ["Notify"]})
+    # THEN accounting.post is not "carried by no lane", but a task nothing runs still is
+    found = settings.problems(["invoice.record", "accounting.post", "notify.send"])
+    assert [p for p in found if "no lane carries" in p] == [
+        "no lane carries task(s) notify.send: every item of them would be refused (add them to a lane's tasks)"]
