@@ -9,8 +9,13 @@ Serverless Framework makes them.
 Every lane's queue and DLQ are known (``StageContext.lanes``, in routing order): locally from
 local.env (``SLUICE_QUEUE_URL``/``SLUICE_DLQ_URL`` for a config without lanes, each lane's
 ``SLUICE_QUEUE_URL_<LANE>``/``SLUICE_DLQ_URL_<LANE>`` otherwise), on AWS by name
-(``<queue.name>-<lane>.fifo``). A command for one lane asks ``ctx.lane(name)``: a name the
-config does not hold, or none where there are several, is a SettingsError (one line, exit 2).
+(``<queue.name>-<lane>.fifo``). So is the function that applies its items (``worker-<lane>``,
+or ``step-<lane>`` for a workflow lane) and, for a workflow lane, its state machine's ARN, built
+from ``Settings.state_machine_name`` and the account: the local stack's moto account, or on
+AWS the caller's (STS GetCallerIdentity, asked only when the stage has a workflow lane). The
+name is what the deploy and the local stack give the machine, so no stack output is needed.
+A command for one lane asks ``ctx.lane(name)``: a name the config does not hold, or none
+where there are several, is a SettingsError (one line, exit 2).
 Failures to reach a stage become a CliError with EXIT_UNAVAILABLE, never a traceback.
 """
 
@@ -30,6 +35,7 @@ from sluice.settings import Lane, Settings, load_settings
 from sluice_tools.errors import EXIT_UNAVAILABLE, EXIT_USAGE, CliError
 from sluice_tools.functions import function_table
 from sluice_tools.local.env import LocalStackNotRunningError, queue_env_keys, read_local_env, use_local_stack
+from sluice_tools.local.scheduler import ACCOUNT_ID as LOCAL_ACCOUNT_ID
 
 LOCAL_STAGE = "local"
 # Lets a test (or a second stack) point the CLI at another local.env than the project's.
@@ -44,7 +50,8 @@ class LaneQueues:
     queue_url: str
     dlq_url: str
     consumer: str  # deployed function names
-    worker: str
+    target: str  # the function that applies the lane's items: its worker, or a workflow lane's step
+    machine_arn: str | None = None  # a workflow lane's state machine; None for a worker lane
 
     @property
     def name(self) -> str:
@@ -52,7 +59,12 @@ class LaneQueues:
 
     @property
     def cap(self) -> int:
+        """Worker invocations in flight at most; for a workflow lane, executions running at most."""
         return self.lane.drain.max_parallel
+
+    @property
+    def is_flow(self) -> bool:
+        return self.lane.flow is not None
 
     def queue(self) -> aws.Queue:
         return aws.Queue(self.queue_url)
@@ -156,10 +168,31 @@ def _function_names(settings: Settings) -> dict[str, str]:
     return {key: settings.function_name(key) for key in function_table(settings)}
 
 
-def _lane_queues(settings: Settings, urls: dict[str, tuple[str, str]]) -> tuple[LaneQueues, ...]:
+def _lane_queues(settings: Settings, urls: dict[str, tuple[str, str]],
+                 account: str = "", partition: str = "aws") -> tuple[LaneQueues, ...]:
+    """Every lane with its queues and functions; ``account`` (and ``partition``) make each
+    workflow lane's state machine ARN."""
     return tuple(LaneQueues(lane, *urls[lane.name], consumer=settings.function_name(lane.function_key("consumer")),
-                            worker=settings.function_name(lane.function_key("worker")))
+                            target=settings.function_name(lane.target_key),
+                            machine_arn=state_machine_arn(settings, lane, account, partition))
                  for lane in settings.resolved_lanes())
+
+
+def state_machine_arn(settings: Settings, lane: Lane, account: str, partition: str = "aws") -> str | None:
+    """A workflow lane's state machine ARN in ``account`` (None for a worker lane)."""
+    if lane.flow is None:
+        return None
+    return f"arn:{partition}:states:{settings.region}:{account}:stateMachine:{settings.state_machine_name(lane)}"
+
+
+def _has_flows(settings: Settings) -> bool:
+    return any(lane.flow is not None for lane in settings.resolved_lanes())
+
+
+def _caller_account() -> tuple[str, str]:
+    """The AWS account and partition of the credentials in use (``arn:aws-cn:...`` in China)."""
+    identity = aws.client("sts").get_caller_identity()
+    return str(identity["Account"]), str(identity["Arn"]).split(":")[1]
 
 
 def _lanes_or_usage(settings: Settings) -> list[Lane]:
@@ -183,7 +216,8 @@ def _resolve_local(settings: Settings) -> StageContext:
     use_local_stack(env, default_region=settings.region)
     return StageContext(
         settings=settings,
-        lanes=_lane_queues(settings, {name: (env[q], env[d]) for name, (q, d) in keys.items()}),
+        # The local stack makes each workflow lane's state machine in moto's one account.
+        lanes=_lane_queues(settings, {name: (env[q], env[d]) for name, (q, d) in keys.items()}, LOCAL_ACCOUNT_ID),
         functions=_function_names(settings),
         database_url=env.get("DATABASE_URL", ""),
         api_url=env.get("SLUICE_API_URL", ""),
@@ -196,10 +230,13 @@ def _resolve_aws(settings: Settings) -> StageContext:
     os.environ.setdefault("AWS_DEFAULT_REGION", settings.region)
     sqs = aws.client("sqs")
     urls: dict[str, tuple[str, str]] = {}
+    account, partition = "", "aws"
     try:
         for lane in _lanes_or_usage(settings):
             urls[lane.name] = (sqs.get_queue_url(QueueName=lane.queue.fifo_name)["QueueUrl"],
                                sqs.get_queue_url(QueueName=lane.queue.dlq_fifo_name)["QueueUrl"])
+        if _has_flows(settings):
+            account, partition = _caller_account()
     except NoCredentialsError:
         raise CliError(
             f"no AWS credentials for stage {settings.stage!r}: configure them (AWS_PROFILE, "
@@ -222,7 +259,7 @@ def _resolve_aws(settings: Settings) -> StageContext:
         raise CliError(f"cannot reach AWS for stage {settings.stage!r}: {exc}", EXIT_UNAVAILABLE) from None
     return StageContext(
         settings=settings,
-        lanes=_lane_queues(settings, urls),
+        lanes=_lane_queues(settings, urls, account, partition),
         functions=_function_names(settings),
         database_url=settings.database.url or os.environ.get("DATABASE_URL", ""),
     )
