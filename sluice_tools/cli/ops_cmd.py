@@ -26,6 +26,7 @@ from rich.table import Table
 from sluice.aws import FunctionInvoker, InvokeResult, ThrottledError
 from sluice.contract import DrainReport
 from sluice.enqueue import Enqueuer, EnqueueRequestError
+from sluice.flows import FlowReport
 from sluice.lanes import routes_from_env
 from sluice.tasks import TaskModuleError, load_tasks
 from sluice_tools.cli.common import (
@@ -38,7 +39,7 @@ from sluice_tools.cli.common import (
     console,
     emit_json,
 )
-from sluice_tools.ops.status import Status, collect_lanes
+from sluice_tools.ops.status import FlowStatus, LoggedDrain, Status, collect_lanes
 from sluice_tools.stage import LaneQueues, StageContext, reaching, resolve_stage
 
 # The CLI sends no HTTP body, so the API's body-size limit does not apply; item limits do.
@@ -61,6 +62,64 @@ def _limit_cell(r: DrainReport) -> str:
     return f"{r.limit}/{r.limit_ceiling}" if r.adaptive else f"{r.limit} fix"
 
 
+def _window(seconds: int) -> str:
+    return f"{seconds // 3600} h" if seconds % 3600 == 0 else f"{seconds // 60} min"
+
+
+def _failed_cell(flow: FlowStatus) -> str:
+    total = flow.failed_total
+    return "n/a" if total is None else str(total)
+
+
+def _flow_rows(s: Status, flow: FlowStatus) -> Table:
+    """A workflow lane's executions: running vs cap, failed lately, its step function's busy."""
+    rows = Table(show_header=False, box=None)
+    if flow.error:
+        rows.add_row("executions", f"[red]{flow.error}[/red]")
+    else:
+        rows.add_row("executions running / cap", f"{flow.running} / {flow.cap}")
+        by_status = ", ".join(f"{status} {x}" for status, x in flow.failed.items() if x.count)
+        rows.add_row(f"executions failed (last {_window(flow.window_s)})",
+                     _failed_cell(flow) + (f" ({by_status})" if by_status else ""),
+                     style="red" if (flow.failed_total and flow.failed_total.count) else "")
+    busy = "n/a" if s.workers_busy is None else str(s.workers_busy)
+    peak = "" if s.workers_peak is None else f" (peak {s.workers_peak})"
+    rows.add_row("steps busy / cap", f"{busy} / {s.workers_cap}{peak}")
+    rows.add_row("state machine", flow.state_machine_arn.rsplit(":", 1)[-1])
+    return rows
+
+
+def _at(d: LoggedDrain) -> str:
+    at = re.search(r"\d\d:\d\d:\d\d", d.at)
+    return at.group(0) if at else ""
+
+
+def _worker_drains(drains: list[tuple[LoggedDrain, DrainReport]]) -> Table:
+    # Short headers: the table must fit an 80-column terminal without truncating numbers.
+    table = Table(title="last drains", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name in ("at", "recv", "done", "dup", "dead", "retry", "rel", "thr", "peak", "lim", "bud%", "stop"):
+        table.add_column(name, no_wrap=True)
+    for d, r in drains:
+        counts = (r.received, r.succeeded, r.duplicates, r.dead_lettered, r.retried, r.released,
+                  r.throttled, r.peak_parallel, _limit_cell(r), r.budget_used_pct)
+        stop = r.stopped_because.replace("queue_empty", "empty")
+        table.add_row(_at(d), *(str(c) for c in counts), stop)
+    return table
+
+
+def _flow_drains(drains: list[tuple[LoggedDrain, FlowReport]]) -> Table:
+    """A workflow lane's drains: executions started, found already run, messages deleted and
+    released, bodies dead-lettered, starts that failed, the peak of running against the cap."""
+    table = Table(title="last drains (workflow)", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for name in ("at", "started", "again", "deleted", "rel", "dead", "err", "peak", "cap", "counts"):
+        table.add_column(name, no_wrap=True)
+    for d, r in drains:
+        counts = (r.started, r.already_started, r.deleted, r.released, r.dead_lettered, r.start_failed,
+                  r.peak_running, r.cap, r.counts)
+        table.add_row(_at(d), *(str(c) for c in counts))
+    return table
+
+
 def render_status(s: Status) -> Group:
     queues = Table(title=f"sluice {s.stage}")
     for name in ("queue", "visible", "in flight", "delayed", "oldest age"):
@@ -69,41 +128,63 @@ def render_status(s: Status) -> Group:
                    _age(s.oldest_age_s))
     queues.add_row("DLQ", f"{s.dlq.visible:,}", f"{s.dlq.in_flight:,}", f"{s.dlq.delayed:,}",
                    _age(s.dlq_oldest_age_s), style="red" if s.dlq.total else "")
-    workers = Table(show_header=False, box=None)
-    busy = "n/a" if s.workers_busy is None else str(s.workers_busy)
-    peak = "" if s.workers_peak is None else f" (peak {s.workers_peak})"
-    workers.add_row("workers busy / cap", f"{busy} / {s.cap}{peak}")
-    parts: list[Any] = [queues, workers]
-    if s.drains:
-        # Short headers: the table must fit an 80-column terminal without truncating numbers.
-        drains = Table(title="last drains", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-        for name in ("at", "recv", "done", "dup", "dead", "retry", "rel", "thr", "peak", "lim", "bud%", "stop"):
-            drains.add_column(name, no_wrap=True)
-        for d in s.drains:
-            r = d.report
-            at = re.search(r"\d\d:\d\d:\d\d", d.at)
-            counts = (r.received, r.succeeded, r.duplicates, r.dead_lettered, r.retried, r.released,
-                      r.throttled, r.peak_parallel, _limit_cell(r), r.budget_used_pct)
-            stop = r.stopped_because.replace("queue_empty", "empty")
-            drains.add_row(at.group(0) if at else "", *(str(c) for c in counts), stop)
-        parts.append(drains)
+    parts: list[Any] = [queues]
+    if s.flow is not None:
+        parts.append(_flow_rows(s, s.flow))
+    else:
+        workers = Table(show_header=False, box=None)
+        busy = "n/a" if s.workers_busy is None else str(s.workers_busy)
+        peak = "" if s.workers_peak is None else f" (peak {s.workers_peak})"
+        workers.add_row("workers busy / cap", f"{busy} / {s.cap}{peak}")
+        parts.append(workers)
+    # A lane turned into a workflow lane keeps its consumer's name, so its log may hold both kinds.
+    worker_drains = [(d, d.report) for d in s.drains if isinstance(d.report, DrainReport)]
+    flow_drains = [(d, d.report) for d in s.drains if isinstance(d.report, FlowReport)]
+    if worker_drains:
+        parts.append(_worker_drains(worker_drains))
+    if flow_drains:
+        parts.append(_flow_drains(flow_drains))
     parts += [f"[dim]{note}[/dim]" for note in s.notes]
     return Group(*parts)
 
 
 def render_lanes(stage: str, lanes: list[Status]) -> Group:
-    """The table over lanes: each lane's depth, in flight, DLQ, oldest age, workers vs cap, rate."""
-    table = Table(title=f"sluice {stage}: {len(lanes)} lane(s)")
-    for name in ("lane", "depth", "in flight", "DLQ", "oldest age", "workers / cap", "rate/s"):
+    """The table over lanes: each lane's depth, in flight, DLQ, oldest age, workers vs cap, rate.
+    With workflow lanes, whose cap counts running executions, that column is "busy / cap"
+    (a workflow lane's cell ends in "runs") and one more says how many executions failed lately;
+    the table is drawn compact then, to fit 80 columns. A stage of worker lanes only prints as it
+    always did."""
+    flows = [s.flow for s in lanes if s.flow is not None]
+    if not flows:
+        table = Table(title=f"sluice {stage}: {len(lanes)} lane(s)")
+        columns = ["lane", "depth", "in flight", "DLQ", "oldest age", "workers / cap", "rate/s"]
+    else:
+        table = Table(title=f"sluice {stage}: {len(lanes)} lane(s)", box=box.SIMPLE_HEAD, pad_edge=False,
+                      collapse_padding=True)
+        columns = ["lane", "depth", "in flight", "DLQ", "oldest age", "busy / cap",
+                   f"failed {_window(flows[0].window_s).replace(' ', '')}", "rate/s"]
+    for name in columns:
         table.add_column(name, justify="left" if name == "lane" else "right", no_wrap=True)
+    errors: list[str] = []
     for s in lanes:
         busy = "n/a" if s.workers_busy is None else str(s.workers_busy)
         oldest = s.oldest_age_s if s.oldest_age_s is not None else s.dlq_oldest_age_s
-        table.add_row(s.lane, f"{s.queue.visible + s.queue.delayed:,}", f"{s.queue.in_flight:,}",
-                      f"{s.dlq.total:,}", _age(oldest), f"{busy} / {s.cap}",
-                      "n/a" if s.max_rate is None else f"{s.max_rate:g}", style="red" if s.dlq.total else "")
+        cells = [s.lane, f"{s.queue.visible + s.queue.delayed:,}", f"{s.queue.in_flight:,}",
+                 f"{s.dlq.total:,}", _age(oldest), f"{busy} / {s.cap}"]
+        if flows:
+            if s.flow is None:
+                cells.append("")
+            elif s.flow.error:
+                cells[-1:] = ["error", "error"]
+                errors.append(f"lane {s.lane}: {s.flow.error}")
+            else:
+                cells[-1:] = [f"{s.flow.running} / {s.flow.cap} runs", _failed_cell(s.flow)]
+        cells.append("n/a" if s.max_rate is None else f"{s.max_rate:g}")
+        table.add_row(*cells, style="red" if s.dlq.total else "")
     notes = sorted({note for s in lanes for note in s.notes})
-    return Group(table, *[f"[dim]{note}[/dim]" for note in notes])
+    if flows:
+        notes.insert(0, "busy / cap: workers in flight, or a workflow lane's running executions (runs)")
+    return Group(table, *[f"[red]{error}[/red]" for error in errors], *[f"[dim]{note}[/dim]" for note in notes])
 
 
 @command
@@ -324,6 +405,11 @@ def _report(result: InvokeResult) -> dict[str, Any]:
     return result.payload if isinstance(result.payload, dict) else {"reply": result.payload}
 
 
+def _part(report: dict[str, Any], name: str) -> dict[str, Any]:
+    part = report.get(name)
+    return part if isinstance(part, dict) else {}
+
+
 @command
 def drain(lane: str = LaneOption, stage: str = StageOption, as_json: bool = JsonOption) -> None:
     """Invoke the consumer now (as its schedule would) and print its drain report; a stage with
@@ -349,14 +435,31 @@ def drain(lane: str = LaneOption, stage: str = StageOption, as_json: bool = Json
         emit_json({"stage": stage, "lanes": [{"lane": x.name, "report": _report(r), "ms": round(r.duration_ms)}
                                              for x, r in zip(lanes, results, strict=True)]})
         return
-    fields = ("received", "succeeded", "dead_lettered", "retried", "throttled", "stopped_because")
-    table = Table(title=f"drain reports, stage {stage}")
-    for name in ("lane", *fields, "ms"):
-        table.add_column(name, no_wrap=True)
-    for x, r in zip(lanes, results, strict=True):
-        report = _report(r)
-        table.add_row(x.name, *(str(report.get(f, "")) for f in fields), f"{r.duration_ms:,.0f}")
-    console.print(table)
+    done = list(zip(lanes, results, strict=True))
+    workers = [(x, r) for x, r in done if not x.is_flow]
+    if workers:
+        fields = ("received", "succeeded", "dead_lettered", "retried", "throttled", "stopped_because")
+        table = Table(title=f"drain reports, stage {stage}")
+        for name in ("lane", *fields, "ms"):
+            table.add_column(name, no_wrap=True)
+        for x, r in workers:
+            report = _report(r)
+            table.add_row(x.name, *(str(report.get(f, "")) for f in fields), f"{r.duration_ms:,.0f}")
+        console.print(table)
+    flows = [(x, r) for x, r in done if x.is_flow]
+    if flows:
+        # A workflow lane's consumer reports its starts ("flow") and its failure scan ("failures").
+        fields = ("started", "already_started", "deleted", "released", "dead_lettered", "start_failed")
+        table = Table(title=f"workflow drain reports, stage {stage}")
+        for name in ("lane", *fields, "failed to DLQ", "ms"):
+            table.add_column(name, no_wrap=True)
+        for x, r in flows:
+            report = _report(r)
+            flow = _part(report, "flow")
+            failures = _part(report, "failures")
+            scanned = "error" if "error" in failures else str(failures.get("dead_lettered", ""))
+            table.add_row(x.name, *(str(flow.get(f, "")) for f in fields), scanned, f"{r.duration_ms:,.0f}")
+        console.print(table)
 
 
 def register(app: typer.Typer) -> None:
