@@ -63,6 +63,14 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _state(letter: dead_letters.DeadLetter) -> str:
+    """Where a failed execution stopped and how: "Refuse (FAILED)"; "" for a worker's dead letter."""
+    if not letter.from_execution:
+        return ""
+    state = letter.failed_state or "?"
+    return f"{state} ({letter.execution_status})" if letter.execution_status else state
+
+
 @dlq_app.command("list")
 @command
 def list_(
@@ -97,11 +105,20 @@ def list_(
                       f"DLQ holds about {total} message(s), all in flight now (try again shortly)")
         return
     table = Table(title=f"DLQ of {where}: {len(rows)} shown of about {total}")
-    for column in (("lane",) if ctx.has_lanes else ()) + ("reason", "task", "key", "group", "attempts", "age"):
+    # A failed execution's dead letter names the state it failed in: shown in a column of its own
+    # (only when there is one, so a worker lane's listing is as it was), its reason after it
+    # without the "state S: " prefix. An execution has no receive count: a listing of failed
+    # executions only has no attempts column, so it is as wide as a worker lane's.
+    states = any(x.from_execution for _, x in rows)
+    attempts = not all(x.from_execution for _, x in rows)
+    columns = (("lane",) if ctx.has_lanes else ()) + (("state",) if states else ()) + (
+        "reason", "task", "key", "group") + (("attempts",) if attempts else ()) + ("age",)
+    for column in columns:
         table.add_column(column, overflow="fold")
     for name, x in rows:
-        table.add_row(*((name,) if ctx.has_lanes else ()), x.reason, x.task, x.key, x.group,
-                      "?" if x.attempts is None else str(x.attempts), _age(x.age_s))
+        tried = "-" if x.from_execution else "?" if x.attempts is None else str(x.attempts)
+        table.add_row(*((name,) if ctx.has_lanes else ()), *((_state(x),) if states else ()), x.cause, x.task,
+                      x.key, x.group, *((tried,) if attempts else ()), _age(x.age_s))
     console.print(table)
     if not_shown:
         console.print(f"{not_shown} more not shown: over --limit, or queued behind a shown "

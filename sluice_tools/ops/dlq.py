@@ -13,6 +13,12 @@ redrive interrupted between send and delete and run again within the window is d
 by SQS instead of enqueued twice. The worker's ledger is keyed by task+key, not by the SQS
 dedup id, and a dead-lettered item never got a ledger row: a redriven item applies once if
 it never applied, and is only deleted if it somehow did.
+
+Workflow lanes: a failed execution's dead letter (sluice/flows.py) also says the state it failed
+in, its execution and how it ended (FAILED, TIMED_OUT, ABORTED); ``DeadLetter`` carries them.
+A workflow lane names each execution after the message's dedup id, so the fresh one of a
+redrive starts a fresh execution: the item's steps that had applied are duplicates in the
+ledger, and the failed step and what follows it run again.
 """
 
 from __future__ import annotations
@@ -32,9 +38,14 @@ REASON_ATTRIBUTES = ("sluice_error",)
 ERROR_TYPE_ATTRIBUTES = ("sluice_error_type",)
 ATTEMPTS_ATTRIBUTES = ("sluice_receive_count",)
 DEAD_LETTERED_AT_ATTRIBUTES = ("sluice_failed_at",)
+# And those a workflow lane's failed execution adds (sluice.flows._send_failure).
+FAILED_STATE_ATTRIBUTES = ("sluice_failed_state",)
+EXECUTION_ARN_ATTRIBUTES = ("sluice_execution_arn",)
+EXECUTION_STATUS_ATTRIBUTES = ("sluice_execution_status",)
 # Attributes that describe the dead-lettering; a redriven message starts without them.
 _DLQ_ONLY_ATTRIBUTES = frozenset(
     REASON_ATTRIBUTES + ERROR_TYPE_ATTRIBUTES + ATTEMPTS_ATTRIBUTES + DEAD_LETTERED_AT_ATTRIBUTES
+    + FAILED_STATE_ATTRIBUTES + EXECUTION_ARN_ATTRIBUTES + EXECUTION_STATUS_ATTRIBUTES
 ) | {"sluice_source_message_id", "sluice_redriven_at"}
 MOVED_BY_SQS = "moved by SQS after too many receives (maxReceiveCount): the worker never finished it"
 # Seconds a listed message stays hidden at most if `list` dies before releasing it.
@@ -57,12 +68,30 @@ class DeadLetter:
     body: str = field(repr=False)
     receipt_handle: str = field(repr=False)
     message_attributes: dict[str, Any] = field(repr=False, default_factory=dict)
+    # A failed execution's (a workflow lane's dead letter); "" for a worker's.
+    failed_state: str = ""
+    execution_arn: str = ""
+    execution_status: str = ""
+
+    @property
+    def from_execution(self) -> bool:
+        return bool(self.execution_arn)
+
+    @property
+    def cause(self) -> str:
+        """The reason without its "state S: " prefix, for a listing that shows the state apart."""
+        prefix = f"state {self.failed_state or '?'}: "
+        return self.reason.removeprefix(prefix) if self.from_execution else self.reason
 
     def to_dict(self) -> dict[str, Any]:
-        return {"message_id": self.message_id, "group": self.group, "task": self.task, "key": self.key,
-                "reason": self.reason, "error_type": self.error_type, "attempts": self.attempts,
-                "enqueued_at": self.enqueued_at,
-                "dead_lettered_at": self.dead_lettered_at, "age_s": self.age_s}
+        found = {"message_id": self.message_id, "group": self.group, "task": self.task, "key": self.key,
+                 "reason": self.reason, "error_type": self.error_type, "attempts": self.attempts,
+                 "enqueued_at": self.enqueued_at,
+                 "dead_lettered_at": self.dead_lettered_at, "age_s": self.age_s}
+        if self.from_execution:  # a worker's dead letter keeps exactly the keys it always had
+            found.update(failed_state=self.failed_state, execution_arn=self.execution_arn,
+                         execution_status=self.execution_status)
+        return found
 
 
 def _attribute(message: ReceivedMessage, names: tuple[str, ...]) -> str:
@@ -115,6 +144,9 @@ def describe(message: ReceivedMessage, now: datetime | None = None) -> DeadLette
         body=message.body,
         receipt_handle=message.receipt_handle,
         message_attributes=dict(message.message_attributes),
+        failed_state=_attribute(message, FAILED_STATE_ATTRIBUTES),
+        execution_arn=_attribute(message, EXECUTION_ARN_ATTRIBUTES),
+        execution_status=_attribute(message, EXECUTION_STATUS_ATTRIBUTES),
     )
 
 
