@@ -448,10 +448,14 @@ def drain(lane: str = LaneOption, stage: str = StageOption, as_json: bool = Json
         console.print(table)
     flows = [(x, r) for x, r in done if x.is_flow]
     if flows:
-        # A workflow lane's consumer reports its starts ("flow") and its failure scan ("failures").
+        # A workflow lane's consumer reports its starts ("flow") and its failure scan ("failures"):
+        # executions started, found already run, messages deleted and released, bodies
+        # dead-lettered, starts that failed, failed executions sent to the DLQ (short headers, as
+        # status's drains table, to fit 80 columns).
         fields = ("started", "already_started", "deleted", "released", "dead_lettered", "start_failed")
-        table = Table(title=f"workflow drain reports, stage {stage}")
-        for name in ("lane", *fields, "failed to DLQ", "ms"):
+        table = Table(title=f"workflow drain reports, stage {stage}", box=box.SIMPLE_HEAD, pad_edge=False,
+                      collapse_padding=True)
+        for name in ("lane", "started", "again", "deleted", "rel", "dead", "err", "to DLQ", "ms"):
             table.add_column(name, no_wrap=True)
         for x, r in flows:
             report = _report(r)

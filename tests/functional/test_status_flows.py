@@ -21,19 +21,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from sluice import aws
 from sluice.aws import Queue
-from sluice.settings import CONFIG_DIR_ENV, PROJECT_ROOT, load_settings
+from sluice.settings import CONFIG_DIR_ENV, PROJECT_ROOT, Settings, load_settings
 from sluice.sfn import StateMachine
 from sluice_tools.cli import app
 from sluice_tools.local.env import EXPORTED_ENV_KEYS, queue_env_keys
+from sluice_tools.local.resources import create_flows
+from sluice_tools.local.scheduler import ACCOUNT_ID
 from sluice_tools.ops import dlq as dead_letters
 from sluice_tools.ops.status import Bounded, collect_flow_status
-from sluice_tools.stage import LOCAL_ENV_FILE_VAR
+from sluice_tools.stage import LOCAL_ENV_FILE_VAR, resolve_stage, state_machine_arn
 from tests.conftest import FifoQueues, make_fifo_queues
 from tests.functional import test_flows
 from tests.functional.test_flows import FAIL, ROLE, WAIT, drain, names, send, stop_all
@@ -125,6 +128,42 @@ def cli(stage: FlowStage, config_dir: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def by_lane(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["lane"]: row for row in status["lanes"]}
+
+
+def test_a_workflow_lanes_arn_is_the_one_the_local_stack_makes(sfn: Any, moto_aws: str) -> None:
+    # GIVEN a workflow lane whose machine the local stack's own code makes on moto, and a worker lane
+    flow = {**FLOW, "name": f"m-{uuid.uuid4().hex}"}
+    settings = Settings(stage="local", queue={"name": "q"}, database={"url": "mysql://u@h/db"},
+                        tasks=[{"module": "worker.tasks.invoices"}],
+                        lanes={"made": {"tasks": ["invoice.record"], "flow": flow}, "plain": {"tasks": ["x.y"]}})
+    sns = boto3.client("sns", endpoint_url=moto_aws, region_name=settings.region)
+    made = create_flows(sfn, sns, settings, lambda lane: f"arn:aws:lambda:{settings.region}:{ACCOUNT_ID}:function:s")
+    # WHEN stage resolution builds each lane's ARN from its machine's name and the local account
+    # THEN the workflow lane's is that machine's; the worker lane has none
+    assert state_machine_arn(settings, settings.lane("made"), ACCOUNT_ID) == made["made"].machine_arn
+    assert state_machine_arn(settings, settings.lane("plain"), ACCOUNT_ID) is None
+
+
+def test_on_aws_a_workflow_lanes_arn_is_in_the_callers_account(moto_aws: str, config_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # GIVEN a deployed stage (its queues exist by name; moto stands in for AWS and its STS)
+    raw = yaml.safe_load((config_dir / "local.yml").read_text())
+    (config_dir / "deployed.yml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv(CONFIG_DIR_ENV, str(config_dir))
+    settings = load_settings("deployed")
+    sqs = boto3.client("sqs", endpoint_url=moto_aws, region_name=settings.region)
+    for lane in settings.resolved_lanes():
+        for name in (lane.queue.fifo_name, lane.queue.dlq_fifo_name):
+            sqs.create_queue(QueueName=name, Attributes={"FifoQueue": "true"})
+    # WHEN the CLI resolves it
+    ctx = resolve_stage("deployed")
+    # THEN each workflow lane's machine ARN is built in the caller's account, its target the step function
+    hold = ctx.lane("hold")
+    account = boto3.client("sts", endpoint_url=moto_aws, region_name=settings.region).get_caller_identity()["Account"]
+    assert hold.machine_arn == (f"arn:aws:states:{settings.region}:{account}:stateMachine:"
+                                f"{settings.state_machine_name(settings.lane('hold'))}")
+    assert hold.target == "sluice-deployed-step-hold" and ctx.lane("books").target == "sluice-deployed-worker-books"
+    assert ctx.lane("books").machine_arn is None
 
 
 def test_status_counts_running_executions_against_the_cap(stage: FlowStage, sfn: Any,
