@@ -38,6 +38,13 @@ class Figure:
     # against nothing (neither a pass nor a miss).
     unavailable: str = ""
 
+    def __post_init__(self) -> None:
+        # A percentile of no samples is NaN (a probe that got no sample in a short window on a busy
+        # machine): say so instead of printing a NaN ratio that compares with nothing.
+        if not self.unavailable and (math.isnan(self.numerator) or math.isnan(self.denominator)):
+            missing = self.numerator_label if math.isnan(self.numerator) else self.denominator_label
+            object.__setattr__(self, "unavailable", f"no samples for {missing!r} in this run")
+
     @property
     def value(self) -> float | None:
         if self.unavailable or self.denominator == 0:

@@ -136,6 +136,9 @@ def test_figure_bounds_and_window_arithmetic() -> None:
     assert Figure("P9", "x", 0.8, "a", 1, "b", goal="within 0.15").meets_goal is False
     assert Figure("P8", "x", 0, "a", 1, "b", goal="<= 2", unavailable="no limit").meets_goal is None
     assert Figure("P8", "x", 0, "a", 1, "b", unavailable="no limit").value is None
+    # AND a percentile of no samples (NaN) makes the figure unmeasured, saying which side had none
+    nan = Figure("P8", "x", 3.0, "slowdown ms", float("nan"), "load alone ms", goal="<= 2")
+    assert nan.value is None and nan.meets_goal is None and "load alone ms" in nan.unavailable
     # AND the limit's fall and climb-back are read from the report times around the slowdown
     limits = [(1.0, 4), (5.0, 4), (9.0, 2), (13.0, 1), (17.0, 3), (21.0, 4)]
     assert limit_moves(limits, ceiling=4, start=4.0, end=12.0) == (5.0, 9.0)
