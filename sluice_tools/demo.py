@@ -84,12 +84,14 @@ LARGE_CENTS = 100_000
 REFUSED_CURRENCY = "JPY"
 REFUSED_PHRASE = f" {REFUSED_CURRENCY} ("
 FAILED_STATE = "PostToAccounting"
-CLOSED_LIST_S = 2.0
+CLOSED_LIST_S = 2.0  # how often the live view lists closed executions (see Demo)
 # The demo's lanes (DESIGN.md section 11): config/local.yml's sections, these overrides. Each
 # vendor lane's rate is its vendor's (config/local.yml local.vendors: a 50/s, b 5/s), its batch
 # small enough that one batch does not outrun the vendor. The flow lane comes first: it takes
-# its customers' invoices, the ledger lane the rest. Its cap counts running executions; its rate
-# (starts/s) keeps the large invoices' posts well below the accounting stand-in's 20/s.
+# its customers' invoices, the ledger lane the rest. Its cap counts running executions: a consumer
+# that finds it full counts again 2 s later (sluice/flows.py), so it starts at most about cap/2
+# executions a second; 10 runs 200 invoices beside the ledger lane's drain. Its rate (starts/s)
+# keeps the large invoices' posts well below the accounting stand-in's 20/s.
 DEMO_LANES: dict[str, dict[str, Any]] = {
     "invoices-flow": {"tasks": ["invoice.record"], "match": {"payload.customer": list(FLOW_CUSTOMERS)},
                       "flow": {"definition": "worker/flows/invoice.asl.json", "topics": ["Notify"]},
@@ -454,7 +456,7 @@ class FlowExecutions:
         return self.running | self.closed
 
 
-ClosedExecutions = dict[str, list[ExecutionSummary]]  # status -> this run's executions closed so
+ClosedExecutions = dict[str, list[ExecutionSummary]]  # status -> this run's executions that ended so
 
 
 def closed_executions(machine: StateMachine, names: dict[str, str]) -> ClosedExecutions:
@@ -627,15 +629,17 @@ class NotificationTap:
     read (and emptied) at each refresh, as every moto SQS call costs in proportion to the queue's
     depth (FACTS.md): read at the end, a few hundred messages would take seconds."""
 
-    def __init__(self, sqs: Any, sns: Any, name: str, topic_arns: list[str]) -> None:
+    def __init__(self, sqs: Any, sns: Any, name: str) -> None:
         self.sqs, self.sns = sqs, sns
         self.texts: list[str] = []  # every message read so far
         self.url: str = sqs.create_queue(QueueName=name)["QueueUrl"]
         self.subscriptions: list[str] = []
-        arn = sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    def subscribe(self, topic_arns: list[str]) -> None:
+        arn = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         for topic in topic_arns:
-            self.subscriptions.append(sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn,
-                                                    ReturnSubscriptionArn=True)["SubscriptionArn"])
+            self.subscriptions.append(self.sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn,
+                                                         ReturnSubscriptionArn=True)["SubscriptionArn"])
 
     @classmethod
     def open(cls, env: dict[str, str], region: str, lane: DemoLane, run: str) -> tuple[NotificationTap | None, str]:
@@ -646,8 +650,8 @@ class NotificationTap:
         aws = {"endpoint_url": env.get("AWS_ENDPOINT_URL"), "region_name": region}
         tap: NotificationTap | None = None
         try:
-            tap = cls(boto3.client("sqs", **aws), boto3.client("sns", **aws), f"sluice-demo-{run}-{lane.name}",
-                      list(lane.flow.topic_arns.values()))
+            tap = cls(boto3.client("sqs", **aws), boto3.client("sns", **aws), f"sluice-demo-{run}-{lane.name}")
+            tap.subscribe(list(lane.flow.topic_arns.values()))
             return tap, ""
         except (ClientError, BotoCoreError, KeyError) as exc:
             if tap is not None:
@@ -788,6 +792,7 @@ class LaneSummary:
     vendor: str | None
     vendor_facts: VendorFacts | None
     flow: FlowSummary | None = None
+    delivered: int = 0  # its vendor's delivery rows (a lane carrying invoices too applies more)
 
     def facts(self) -> dict[str, Any]:
         return {"expected": self.expected, "applied": self.applied, "dead_lettered": len(self.dead),
@@ -826,9 +831,10 @@ def summarise(demo: Demo, burst: Burst, sent: EnqueueOutcome, drain_s: float, pe
         valid = keys - poison
         seen = (vendor_facts(demo.env.get("SLUICE_VENDOR_URL", ""), lane.vendor, f"DEMO-{run} ")
                 if lane.vendor else None)
+        delivered = db.delivery_rows(run, None if lane.lane.implicit else lane.vendor) if lane.vendor else 0
         summaries.append(LaneSummary(lane.name, len(valid), len(valid & applied_keys), dead,
                                      len(valid - applied_keys), peaks.get(lane.name), lane.cap,
-                                     lane.lane.drain.max_rate, lane.vendor, seen))
+                                     lane.lane.drain.max_rate, lane.vendor, seen, delivered=delivered))
     flows = [x.flow for x in summaries if x.flow is not None]
     accepted_valid = sent.accepted & (burst.valid_keys | burst.notify_keys)
     lost = accepted_valid - applied_keys
@@ -850,7 +856,7 @@ def summarise(demo: Demo, burst: Burst, sent: EnqueueOutcome, drain_s: float, pe
     vendor_lanes = [x for x in summaries if x.vendor is not None and x.expected]
     if vendor_lanes:
         checks["one effect at the vendor per delivered item"] = all(
-            x.vendor_facts is not None and x.vendor_facts.effects == x.vendor_facts.distinct_effect_keys == x.applied
+            x.vendor_facts is not None and x.vendor_facts.effects == x.vendor_facts.distinct_effect_keys == x.delivered
             for x in vendor_lanes)
     for flow in flows:
         checks.update(flow.checks())
@@ -950,6 +956,8 @@ def run_demo(env: dict[str, str], settings: Settings, *, items: int, poison: int
                        flow_duplicates=flow_duplicates, flow_customers=flow_customers)
     if burst.flow_refused_keys:
         refuse_currency_at_accounting(env.get("SLUICE_VENDOR_URL", ""), demo.accounting_vendor)
+        console.print(f"the accounting stand-in ({demo.accounting_vendor}) now refuses posts in {REFUSED_CURRENCY}: "
+                      f"{len(burst.flow_refused_keys)} large {REFUSED_CURRENCY} invoices will fail at {FAILED_STATE}")
     every_lane = [x.lane for x in lanes]
     expected = {lane.name: burst.expected(lane, every_lane) for lane in lanes}
     routed = {lane.name: len(burst.keys_in(lane.lane, every_lane)) for lane in lanes}
