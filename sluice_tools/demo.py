@@ -726,7 +726,7 @@ class FlowSummary:
         checks = {
             f"{self.name}: one execution per item (keys sent twice started once)":
                 self.executions.every == self.accepted and not self.executions.running,
-            f"{self.name}: every invoice's execution succeeded but the refused ones'":
+            f"{self.name}: every execution succeeded but the refused invoices'":
                 self.executions.succeeded == self.accepted - self.refused,
             f"{self.name}: each failed one in the DLQ once, failed at {FAILED_STATE}":
                 self.executions.failed == self.refused and sorted(dead_keys) == sorted(self.refused)
