@@ -20,6 +20,8 @@ Sending (a vendor's public API)
     * a body that is not a JSON object: ``400``; ``to`` or ``text`` missing or not strings, ``to``
       not a phone number in E.164 form (``+`` and 7 to 15 digits), ``text`` empty or over 1,600
       characters: ``422`` with the reason (a permanent error for the caller);
+    * the content filter, as carriers filter messages: a ``text`` holding one of the vendor's
+      ``blocked_phrases`` is ``422`` ``content_blocked`` naming the phrase (permanent too);
     * the key, as Stripe keeps idempotency keys: the first accepted request with a key applies the
       effect once and its response is stored; a repeat with the same key and the same body gets
       that response again with ``Idempotent-Replayed: true`` and no second effect; the same key
@@ -34,7 +36,8 @@ Sending (a vendor's public API)
 Knobs per vendor (``VendorSettings``; ``PUT /_admin/vendors/{vendor}`` creates or replaces them)
     ``token``, ``rate_per_s``, ``burst`` (default one second's worth), ``latency_ms`` plus a uniform
     ``jitter_ms`` (slept by every request past the rate limit), ``failure_rate`` (0..1),
-    ``failure_status`` (503 or 500), ``retry_after_s`` (on 503s), ``down`` (503 for everything).
+    ``failure_status`` (503 or 500), ``retry_after_s`` (on 503s), ``down`` (503 for everything),
+    ``blocked_phrases`` (the content filter; none by default).
     ``POST /_admin/vendors/{vendor}/outage`` ``{"refuse_s": R, "down_s": D}`` takes the vendor off
     the network: for R seconds its connections are refused, then for D seconds it answers 503,
     then it is healthy again; ``{}`` (both 0) ends an outage at once.
@@ -79,7 +82,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError
 
@@ -115,6 +118,9 @@ class VendorSettings(LocalVendorSettings):
     failure_status: Literal[500, 503] = 503
     retry_after_s: int = Field(1, ge=0, le=3600)
     down: bool = False
+    # Texts holding any of these are refused (422): how a test or the demo makes one vendor turn
+    # down particular messages for good while it takes the rest.
+    blocked_phrases: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] = Field((), max_length=100)
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,14 @@ def _validate_message(raw: bytes) -> tuple[dict[str, Any], Reply | None]:
         return body, error_reply(422, "invalid_parameter",
                                  f"'text' must hold 1 to {MAX_TEXT_CHARS} characters", param="text")
     return body, None
+
+
+def _content_filter(settings: VendorSettings, text: str) -> Reply | None:
+    """The 422 for a text holding one of the vendor's blocked phrases, or None."""
+    phrase = next((p for p in settings.blocked_phrases if p in text), None)
+    if phrase is None:
+        return None
+    return error_reply(422, "content_blocked", f"'text' holds the blocked phrase {phrase!r}", param="text")
 
 
 def _count_second(counts: dict[int, int], second: int) -> None:
@@ -315,6 +329,8 @@ class Vendor:
         if fails:
             return self._record(self._failure(settings))
         body, invalid = _validate_message(raw)
+        if invalid is None:
+            invalid = _content_filter(settings, body["text"])
         if invalid is not None:
             return self._record(invalid)
         with self._lock:

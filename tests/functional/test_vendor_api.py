@@ -228,6 +228,27 @@ def test_an_invalid_message_is_rejected_with_its_reason(
     assert admin.counters("b").effects_applied == 0
 
 
+def test_the_content_filter_refuses_texts_with_a_blocked_phrase_and_takes_the_rest(
+        api: VendorApi, admin: VendorClient) -> None:
+    # GIVEN vendor b blocking texts that hold " JPY "
+    admin.update("b", blocked_phrases=[" JPY "])
+    blocked_key = key()
+    # WHEN a text with the phrase and one without are sent, and the blocked one again with its key
+    blocked = send(api.url, "b", blocked_key, {"to": PHONE, "text": "invoice 7: 120000 JPY (acme)"})
+    taken = send(api.url, "b", key(), {"to": PHONE, "text": "invoice 8: 120000 EUR (acme)"})
+    again = send(api.url, "b", blocked_key, {"to": PHONE, "text": "invoice 7: 120000 JPY (acme)"})
+    # THEN the blocked one is a 422 naming the phrase, every time (nothing was stored for its key),
+    # and only the other one is an effect
+    assert (blocked.status, blocked.code) == (422, "content_blocked")
+    assert "' JPY '" in blocked.body["error"]["message"]
+    assert (again.status, again.code) == (422, "content_blocked")
+    assert taken.status == 201
+    assert [m.text for m in admin.messages("b")] == ["invoice 8: 120000 EUR (acme)"]
+    # AND an empty phrase (it would block everything) is refused as a setting
+    with pytest.raises(VendorAdminError, match="blocked_phrases"):
+        admin._call("PUT", "/_admin/vendors/b", {**admin.get("b").settings.model_dump(), "blocked_phrases": [""]})
+
+
 def test_the_failure_knob_answers_503_with_retry_after_or_500(api: VendorApi, admin: VendorClient) -> None:
     # GIVEN every request failing with 503 and a 3 s Retry-After
     admin.update("b", failure_rate=1.0, failure_status=503, retry_after_s=3)
