@@ -454,8 +454,8 @@ class ChaosRun(StartStopContext):
         order_ok = all(seqs == sorted(seqs) for seqs in by_group.values())
         executions = self.executions_by_key() if self.flow else {}
         dlq = self.dead_letters()
-        # A workflow lane's step function runs one step of each running execution at a time: its
-        # peak is the measured bound on executions running at once.
+        # A workflow lane's execution runs one step at a time (no Parallel or Map state), so its
+        # step function's peak passes the cap only if more executions ran than the cap allows.
         target = self.function("target")
         cap = cap if cap is not None else self.max_parallel
 

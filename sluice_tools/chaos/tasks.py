@@ -76,9 +76,9 @@ def _marker(key: str, point: str) -> Path | None:
     return Path(directory) / f"{key}.{point}" if directory else None
 
 
-def _pauses(payload: ChaosPayload, item: WorkItem, point: str, step: str) -> bool:
-    """True the first time ``item`` reaches ``point`` in ``step`` (see the module docstring)."""
-    if payload.pause != point or payload.pause_step != step or item.receive_count != 1:
+def _pauses(payload: ChaosPayload, item: WorkItem, point: str, in_step: str) -> bool:
+    """True the first time ``item`` reaches ``point`` in ``in_step`` (see the module docstring)."""
+    if payload.pause != point or payload.pause_step != in_step or item.receive_count != 1:
         return False
     marker = _marker(item.key, point)
     return marker is None or not marker.exists()
@@ -110,10 +110,10 @@ def confirm_chaos(tx: Transaction, payload: ChaosPayload, item: WorkItem) -> Non
     _pause_where_asked(payload, item, "confirm")
 
 
-def _pause_where_asked(payload: ChaosPayload, item: WorkItem, step: str) -> None:
-    if _pauses(payload, item, "before_commit", step):
+def _pause_where_asked(payload: ChaosPayload, item: WorkItem, in_step: str) -> None:
+    if _pauses(payload, item, "before_commit", in_step):
         _reach(item.key, "before_commit")
-    if _pauses(payload, item, "after_commit", step):
+    if _pauses(payload, item, "after_commit", in_step):
         _pause_after_commit.add(item.key)
 
 
