@@ -6,6 +6,13 @@ handlers in warm processes, the HTTP API, the schedule, MariaDB), with the SQS f
 always in between (at rate 0 unless the scenario breaks SQS) and the test-only task
 ``chaos.apply`` loaded (see sluice_tools.chaos.tasks). Nothing is faked: items go in through
 ``POST /jobs`` and are counted in ``chaos_effects``, ``processed_messages`` and the DLQ.
+
+With ``flow=True`` the chaos lane is a workflow lane (docs/adr/0007-workflow-lanes.md): its
+consumer starts one execution of sluice_tools/chaos/flow.asl.json per item, moto executes it,
+and its steps (chaos.apply, then chaos.confirm) run in the lane's step function. The count then
+also reads ``chaos_confirms`` and every execution of the lane's state machine (how many per item
+key, from each execution's input), and a group's items need not commit in order (a workflow
+lane's executions of one group may overlap).
 """
 
 from __future__ import annotations
@@ -28,9 +35,11 @@ import pymysql
 
 from sluice.aws import Queue
 from sluice.db import DbCredentials
+from sluice.flowitem import FlowItem
 from sluice.settings import Settings, load_settings
+from sluice.sfn import FAILED_STATUSES, StateMachine
 from sluice_tools.chaos.sqs_fault_proxy import FaultPlan, SqsFaultProxy
-from sluice_tools.chaos.tasks import EFFECTS_TABLE_SQL
+from sluice_tools.chaos.tasks import CONFIRMS_TABLE_SQL, EFFECTS_TABLE_SQL
 from sluice_tools.local.fauxqs import FauxqsServer
 from sluice_tools.local.mariadb import PrivateMariaDB
 from sluice_tools.local.processes import StartStopContext, poll_until
@@ -64,6 +73,8 @@ class ScenarioResult:
     cap: int
     order_ok: bool
     problems: list[str] = field(default_factory=list)
+    # A workflow lane's: items whose executions numbered more than one (None: a worker lane).
+    started_twice: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -75,8 +86,10 @@ class ScenarioResult:
 
 
 def format_table(results: list[ScenarioResult]) -> str:
-    head = ("scenario", "items", "applied once", "duplicates", "lost", "in DLQ", "peak/cap", "verdict")
-    rows = [head] + [(r.scenario, str(r.items), str(r.applied_once), str(r.duplicates), str(r.lost),
+    head = ("scenario", "items", "applied once", "duplicates", "started twice", "lost", "in DLQ", "peak/cap",
+            "verdict")
+    rows = [head] + [(r.scenario, str(r.items), str(r.applied_once), str(r.duplicates),
+                      "-" if r.started_twice is None else str(r.started_twice), str(r.lost),
                       f"{r.in_dlq}/{r.poison}", f"{r.peak_workers}/{r.cap}", r.verdict) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
@@ -114,6 +127,10 @@ def make_items(run: str, valid: int, poison: int, *, groups: int = 4,
 
 
 CHAOS_LANE = "chaos"
+# The chaos lane's state machine when it is a workflow lane (ChaosRun(flow=True)).
+CHAOS_FLOW = "sluice_tools/chaos/flow.asl.json"
+# Every status an execution can have: the count of executions per item reads them all.
+EXECUTION_STATUSES = ("RUNNING", "SUCCEEDED", *FAILED_STATUSES)
 # Beside the chaos lane, each with a cap of one: what the vendor-outage scenario breaks, and what
 # proves the other scenarios hold on a stack of several lanes.
 CHAOS_SIDE_LANES: dict[str, dict[str, Any]] = {
@@ -144,6 +161,9 @@ class ChaosRun(StartStopContext):
     # The scenarios run on a multi-lane stack: chaos.apply in the first lane (the one every
     # scenario breaks and counts), invoices and two vendor lanes beside it (CHAOS_SIDE_LANES).
     lanes: bool = True
+    # The chaos lane as a workflow lane: its items run CHAOS_FLOW (needs lanes); the step function
+    # takes the worker's settings (timeout, reserved concurrency), the cap counts running executions.
+    flow: bool = False
 
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8], init=False)
     stack: LocalStack | None = field(default=None, init=False)
@@ -152,6 +172,10 @@ class ChaosRun(StartStopContext):
     _fauxqs: FauxqsServer | None = field(default=None, init=False)
     _admin_url: str = field(default="", init=False)
     _db_name: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        if self.flow and not self.lanes:
+            raise ScenarioError("a workflow lane is a named lane: flow=True needs lanes=True")
 
     @property
     def settings(self) -> Settings:
@@ -171,14 +195,22 @@ class ChaosRun(StartStopContext):
             # The application's task modules, as the local stage runs them (chaos.apply is added
             # to this stack's functions only, through SLUICE_EXTRA_TASK_MODULES).
             tasks=local.tasks,
-            lanes={CHAOS_LANE: {"tasks": ["chaos.apply"]}, **CHAOS_SIDE_LANES} if self.lanes else {},
+            lanes={CHAOS_LANE: self._chaos_lane(), **CHAOS_SIDE_LANES} if self.lanes else {},
         )
 
+    def _chaos_lane(self) -> dict[str, Any]:
+        lane: dict[str, Any] = {"tasks": ["chaos.apply"]}
+        if self.flow:
+            lane["flow"] = {"definition": CHAOS_FLOW}
+        return lane
+
     def function_key(self, role: str, lane: str | None = None) -> str:
-        """The function of ``role`` in ``lane`` (default: the chaos lane, or the only one)."""
-        if role not in ("consumer", "worker"):
+        """The function of ``role`` in ``lane`` (default: the chaos lane, or the only one);
+        role ``target`` is what applies the lane's items (its worker, or a workflow lane's step)."""
+        if role not in ("consumer", "worker", "step", "target"):
             return role
-        return self.settings.lane(lane or (CHAOS_LANE if self.lanes else None)).function_key(role)
+        resolved = self.settings.lane(lane or (CHAOS_LANE if self.lanes else None))
+        return resolved.target_key if role == "target" else resolved.function_key(role)
 
     @property
     def chaos_dir(self) -> Path:
@@ -205,6 +237,7 @@ class ChaosRun(StartStopContext):
         self.stack.start()
         with self.db() as conn, conn.cursor() as cur:
             cur.execute(EFFECTS_TABLE_SQL)
+            cur.execute(CONFIRMS_TABLE_SQL)
         self._direct_sqs = boto3.client("sqs", endpoint_url=upstream, region_name="us-east-1",
                                         aws_access_key_id="local", aws_secret_access_key="local")
 
@@ -290,11 +323,12 @@ class ChaosRun(StartStopContext):
         return int(marker.read_text())
 
     def settle(self, timeout_s: float = 180) -> None:
-        """Poll until the queue is empty, nothing is in flight and no function is busy (twice in a row)."""
+        """Poll until the queue is empty, nothing is in flight and no function is busy (twice in a
+        row); on a workflow lane also until no execution runs and every failed one is in the DLQ."""
         def idle() -> bool:
             visible, in_flight = self.depth()
-            busy = self.function("worker")["busy"]
-            return visible == 0 and in_flight == 0 and busy == 0
+            busy = self.function("target")["busy"]
+            return visible == 0 and in_flight == 0 and busy == 0 and (not self.flow or self._flow_idle())
 
         def twice() -> bool:
             if not idle():
@@ -302,7 +336,47 @@ class ChaosRun(StartStopContext):
             time.sleep(self.tick_s * 2)  # a drain may have just taken the last message: look again
             return idle()
 
-        wait_for(twice, timeout_s, "the queue to drain (queue empty, nothing in flight, workers idle)", 0.5)
+        wait_for(twice, timeout_s, "the queue to drain (queue empty, nothing in flight, workers idle"
+                 + (", no execution running, each failed one dead-lettered)" if self.flow else ")"), 0.5)
+
+    def _flow_idle(self) -> bool:
+        machine = self.machine()
+        if machine.count_running(1):
+            return False
+        failed = sum(1 for status in FAILED_STATUSES for _ in machine.executions(status))
+        assert self.stack is not None and self.stack.queues is not None
+        # The consumer's failure scan sends each failed execution's item to the DLQ on its next drain.
+        return queue_counts(Queue(self.stack.queues.dlq_url, sqs=self._direct_sqs)).visible >= failed
+
+    # -- the workflow lane ----------------------------------------------------------------------
+
+    def machine(self) -> StateMachine:
+        """The chaos lane's state machine (flow=True), on moto."""
+        assert self.stack is not None
+        if CHAOS_LANE not in self.stack.flows:
+            raise ScenarioError("this run's chaos lane is not a workflow lane (ChaosRun(flow=True))")
+        sfn = boto3.client("stepfunctions", endpoint_url=self.stack.env["AWS_ENDPOINT_URL"],
+                           region_name=self.stack.region, aws_access_key_id="local",
+                           aws_secret_access_key="local")
+        return StateMachine(self.stack.flows[CHAOS_LANE].machine_arn, sfn)
+
+    def executions_by_key(self) -> dict[str, list[tuple[str, str]]]:
+        """Item key -> (execution ARN, status) of every execution of the machine, whatever its
+        name: the key comes from the execution's input, so a second start under another name shows."""
+        machine = self.machine()
+        found: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for status in EXECUTION_STATUSES:
+            for execution in machine.executions(status):
+                key = FlowItem.from_input(json.loads(machine.execution_input(execution.arn))).key
+                found[key].append((execution.arn, execution.status))
+        return found
+
+    def task_failures(self, execution_arn: str) -> list[str]:
+        """The error of every failed Lambda task attempt of one execution, in order (its retries)."""
+        machine = self.machine()
+        events = machine.sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+        return [str(e["lambdaFunctionFailedEventDetails"].get("error", "")) for e in events
+                if e.get("type") == "LambdaFunctionFailed"]
 
     def dead_letters(self) -> dict[str, dict[str, str]]:
         """Every DLQ message: item key -> its sluice_* attributes (the reason). Empties the DLQ."""
@@ -371,21 +445,32 @@ class ChaosRun(StartStopContext):
             rows = cur.fetchall()
             cur.execute("SELECT item_key FROM processed_messages")
             ledger = {r[0] for r in cur.fetchall()}
+            cur.execute("SELECT item_key FROM chaos_confirms")
+            confirmed = Counter(r[0] for r in cur.fetchall())
         applied = Counter(r[0] for r in rows)
         by_group: dict[str, list[int]] = defaultdict(list)
         for _, group, seq in rows:
             by_group[group].append(seq)
         order_ok = all(seqs == sorted(seqs) for seqs in by_group.values())
+        executions = self.executions_by_key() if self.flow else {}
         dlq = self.dead_letters()
-        worker = self.function("worker")
+        # A workflow lane's execution runs one step at a time (no Parallel or Map state), so its
+        # step function's peak passes the cap only if more executions ran than the cap allows.
+        target = self.function("target")
         cap = cap if cap is not None else self.max_parallel
+
+        def once(key: str) -> bool:
+            return applied[key] == 1 and (not self.flow or confirmed[key] == 1)
+
         result = ScenarioResult(
             scenario=self.name, items=len(items),
-            applied_once=sum(1 for k in valid if applied[k] == 1),
-            duplicates=sum(n - 1 for n in applied.values() if n > 1),
+            applied_once=sum(1 for k in valid if once(k)),
+            duplicates=sum(n - 1 for n in applied.values() if n > 1)
+            + sum(n - 1 for n in confirmed.values() if n > 1),
             lost=sum(1 for k in valid if applied[k] == 0),
             in_dlq=len(set(dlq) & poison), poison=len(poison),
-            peak_workers=int(worker["peak_busy"]), cap=cap, order_ok=order_ok,
+            peak_workers=int(target["peak_busy"]), cap=cap, order_ok=order_ok,
+            started_twice=sum(1 for runs in executions.values() if len(runs) > 1) if self.flow else None,
         )
         if result.duplicates:
             result.problems.append(f"{result.duplicates} duplicate applications")
@@ -404,14 +489,37 @@ class ChaosRun(StartStopContext):
             result.problems.append("a poison item left an effect")
         if ledger != valid:
             result.problems.append(f"ledger rows {len(ledger)} != valid items {len(valid)}")
-        if not order_ok:
+        if not order_ok and not self.flow:
             result.problems.append("a group's items were committed out of order")
+        if self.flow:
+            self._check_flow(result, valid, poison, applied, confirmed, executions)
         if result.peak_workers > cap:
             result.problems.append(f"worker concurrency peaked at {result.peak_workers}, above the cap {cap}")
         visible, in_flight = self.depth()
         if visible or in_flight:
             result.problems.append(f"queue not empty: {visible} visible, {in_flight} in flight")
         return result
+
+
+    @staticmethod
+    def _check_flow(result: ScenarioResult, valid: set[str], poison: set[str], applied: Counter[str],
+                    confirmed: Counter[str], executions: dict[str, list[tuple[str, str]]]) -> None:
+        """A workflow lane's own promises: one execution per item, each step applied once."""
+        twice = {k: [status for _, status in runs] for k, runs in executions.items() if len(runs) > 1}
+        if twice:
+            result.problems.append(f"{len(twice)} items started more than once: {dict(list(twice.items())[:3])}")
+        never = sorted((valid | poison) - set(executions))
+        if never:
+            result.problems.append(f"{len(never)} items never started an execution: {never[:5]}")
+        unconfirmed = sorted(k for k in valid if applied[k] and confirmed[k] == 0)
+        if unconfirmed:
+            result.problems.append(f"{len(unconfirmed)} items applied but their second step never ran: "
+                                   f"{unconfirmed[:5]}")
+        if confirmed.keys() & poison:
+            result.problems.append("a poison item's execution went past its failing step")
+        unfinished = {k: runs[-1][1] for k, runs in executions.items() if k in valid and runs[-1][1] != "SUCCEEDED"}
+        if unfinished:
+            result.problems.append(f"valid items whose execution did not succeed: {dict(list(unfinished.items())[:3])}")
 
 
 def _connect_args(url: str) -> dict[str, Any]:

@@ -10,6 +10,11 @@ A fault is injected either *before* forwarding (the call had no effect) or *afte
 took effect upstream but the caller is told it failed): the second kind is the one that
 tests idempotency, because a retried send or a "failed" delete really happened.
 
+A *hold* (``proxy.hold(operations, queue_url)``) stops the calls it matches before they are
+forwarded, for as long as a test needs: the caller sits in that call (a consumer between its
+StartExecution and its delete) until the test has killed it, and ``release()`` then drops what
+was held (answered with a 503, never forwarded: the call had no effect) or forwards it.
+
     python -m sluice_tools.chaos.sqs_fault_proxy --upstream http://127.0.0.1:9324 --rate 0.2
 
 prints the proxy's URL; give it to the stack as ``sluice local up --sqs URL``.
@@ -98,6 +103,77 @@ def error_reply(kind: str) -> tuple[int, dict[str, str], bytes]:
     return status, headers, body
 
 
+def _queue_url_of(body: bytes) -> str:
+    """The ``QueueUrl`` of a request body (JSON protocol, else a query-protocol form)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        return str(data.get("QueueUrl", ""))
+    form = urllib.parse.parse_qs(body.decode("utf-8", errors="replace"))
+    return form.get("QueueUrl", [""])[0]
+
+
+def _entries_of(body: bytes) -> int:
+    """How many messages a call names: a batch's entries, else one."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return 1
+    entries = data.get("Entries") if isinstance(data, dict) else None
+    return len(entries) if isinstance(entries, list) else 1
+
+
+class Hold:
+    """Calls to ``operations`` on ``queue_url`` wait here, unforwarded, until ``release()``.
+
+    ``reached`` is set when the first one arrives; ``calls`` and ``messages`` count what was
+    held (a batch counts its entries). Released calls are dropped (503, no effect) unless
+    ``release(forward=True)``; calls arriving after the release pass untouched.
+    """
+
+    def __init__(self, operations: Iterable[str], queue_url: str) -> None:
+        self.operations = frozenset(operations)
+        self.queue_url = queue_url
+        self.reached = threading.Event()
+        self._released = threading.Event()
+        self._forward = False
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.messages = 0
+
+    @property
+    def released(self) -> bool:
+        return self._released.is_set()
+
+    def matches(self, operation: str, body: bytes) -> bool:
+        return (not self.released and operation in self.operations
+                and _queue_url_of(body) == self.queue_url)
+
+    def wait(self, body: bytes) -> bool:
+        """Block one matching call until the release; True when it is to be forwarded."""
+        with self._lock:
+            self.calls += 1
+            self.messages += _entries_of(body)
+        self.reached.set()
+        self._released.wait()
+        return self._forward
+
+    def release(self, *, forward: bool = False) -> None:
+        self._forward = forward
+        self._released.set()
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A caller killed mid-call (what the chaos suite does to consumers) hangs up on its reply.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class SqsFaultProxy:
     """A threaded proxy on 127.0.0.1 (free port). Change ``plan`` at any time; read ``counts``."""
 
@@ -116,6 +192,7 @@ class SqsFaultProxy:
         self.counts: Counter[str] = Counter()
         self._calls: Counter[str] = Counter()  # matching calls seen, per operation
         self._local = threading.local()
+        self._holds: list[Hold] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -129,6 +206,21 @@ class SqsFaultProxy:
         plan.validate()
         with self._lock:
             self.plan = plan
+
+    def hold(self, operations: Iterable[str], queue_url: str) -> Hold:
+        """Hold every call to ``operations`` on ``queue_url`` until the returned Hold's release."""
+        unknown = set(operations) - set(DEFAULT_OPERATIONS)
+        if unknown:
+            raise FaultProxyError(f"cannot hold {sorted(unknown)}: choose from {list(DEFAULT_OPERATIONS)}")
+        hold = Hold(operations, queue_url)
+        with self._lock:
+            self._holds.append(hold)
+        return hold
+
+    def _held(self, operation: str, body: bytes) -> Hold | None:
+        with self._lock:
+            self._holds = [h for h in self._holds if not h.released]
+            return next((h for h in self._holds if h.matches(operation, body)), None)
 
     def injected(self, operations: Iterable[str] | None = None) -> int:
         ops = set(operations) if operations is not None else None
@@ -179,6 +271,11 @@ class SqsFaultProxy:
         length = int(request.headers.get("Content-Length") or 0)
         body = request.rfile.read(length) if length else b""
         operation = operation_of(request.headers, body)
+        hold = self._held(operation, body)
+        if hold is not None and not hold.wait(body):
+            self._count(f"{operation}:held:dropped")
+            self._reply(request, *error_reply("unavailable"))
+            return
         decision = self._decide(operation)
         if decision is not None and not decision[1]:
             self._count(f"{operation}:{decision[0]}:before")
@@ -218,14 +315,17 @@ class SqsFaultProxy:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
                 return
 
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        server.daemon_threads = True
+        server = _ProxyServer(("127.0.0.1", port), Handler)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="sqs-fault-proxy", daemon=True)
         self._thread.start()
         return self.url
 
     def stop(self) -> None:
+        with self._lock:
+            holds, self._holds = self._holds, []
+        for hold in holds:  # a held call must not keep a server thread (or its caller) waiting
+            hold.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

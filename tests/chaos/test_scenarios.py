@@ -5,6 +5,11 @@ while the drain runs, polls until the queue is empty and nothing is in flight, a
 from the database and the queues: every valid item applied exactly once (chaos_effects has
 no unique key, so a double application would show), every poison item in the DLQ with its
 reason, each group's items committed in order, worker concurrency never above the cap.
+
+The workflow-lane scenarios (``flow: ...``) run the chaos lane as a workflow lane (ADR 0007):
+there each item must also have started exactly one execution (counted by the item key in every
+execution's input, whatever its status), both steps applied once, and the step function never
+ran more steps at once than the cap allows executions; group order is not promised there.
 """
 
 from __future__ import annotations
@@ -193,4 +198,62 @@ def test_one_lanes_vendor_down_mid_drain(tmp_path: Path, record_result: Record, 
         summary_lines.append(f"vendor outage: ledger lane time to apply {invoices} invoices with vendor b down / "
                              f"all healthy = {loaded_s / alone_s:.2f} ({loaded_s:.1f} s / {alone_s:.1f} s; "
                              "goal <= 1.2)")
+        check(result)
+
+
+# A workflow lane's cap counts running executions; the consumer waits poll_s (2 s) when it is
+# full, so a cap of 2 would make the full-size run crawl. The step function gets the same.
+FLOW_CAP = 6
+
+
+def test_flow_consumer_killed_between_start_and_delete(tmp_path: Path, record_result: Record) -> None:
+    with ChaosRun("flow: consumer kill -9 after start, before delete", tmp_path, flow=True,
+                  max_parallel=FLOW_CAP, reserved_concurrency=FLOW_CAP) as run:
+        assert run.proxy is not None and run.stack is not None and run.stack.queues is not None
+        # GIVEN the workflow lane's deletes held in the SQS proxy: a consumer that has started
+        # executions waits in the call that would delete their messages
+        hold = run.proxy.hold(["DeleteMessage", "DeleteMessageBatch"], run.stack.queues.url)
+        items = make_items(run.run_id, VALID, POISON)
+        run.enqueue(items)
+        wait_for(hold.reached.is_set, 60, "the workflow lane's consumer to delete started messages")
+        # (the first delete on this queue: what started so far is exactly what it was deleting)
+        started = sum(len(runs) for runs in run.executions_by_key().values())
+        # WHEN that consumer process is killed -9 there (reserved concurrency 1: it is the only one),
+        # and the delete it was making is dropped: it never reaches SQS
+        pids = run.function("consumer")["pids"]
+        assert pids, "no consumer process to kill"
+        for pid in pids:
+            run.kill(pid)
+        wait_for(lambda: not set(pids) & set(run.function("consumer")["pids"]), 30, "the killed consumer gone")
+        hold.release()
+        # THEN the schedule carries on: the messages come back after the visibility timeout, each
+        # finds its execution by name and is only deleted; one execution per item, each applied once
+        run.settle()
+        result = record_result(run.verify(items))
+        assert hold.messages == started >= 1, f"held deletes of {hold.messages} messages, {started} started"
+        assert run.proxy.counts["DeleteMessageBatch:held:dropped"] + run.proxy.counts["DeleteMessage:held:dropped"]
+        assert result.started_twice == 0, result.problems
+        check(result)
+
+
+@pytest.mark.chaos_full_only
+@pytest.mark.parametrize(("step", "point"), [("apply", "before_commit"), ("confirm", "after_commit")])
+def test_flow_step_killed_mid_step(step: str, point: str, tmp_path: Path, record_result: Record) -> None:
+    with ChaosRun(f"flow: step kill -9 in {step}, {point.replace('_', ' ')}", tmp_path, flow=True,
+                  max_parallel=FLOW_CAP, reserved_concurrency=FLOW_CAP) as run:
+        # GIVEN items whose first one pauses its step Lambda at a known point of one step
+        items = make_items(run.run_id, VALID, POISON,
+                           extra=lambda i: {"pause": point, "pause_step": step} if i == 0 else {})
+        run.enqueue(items)
+        # WHEN that step's process is killed -9 there
+        pid = run.wait_for_marker(items[0].key, point)
+        run.kill(pid)
+        # THEN Step Functions saw the task fail as a killed runtime, the definition's Retry ran the
+        # step again, and it applied once (rolled back before the commit; the ledger after it)
+        run.settle()
+        [(arn, status)] = run.executions_by_key()[items[0].key]
+        failures = run.task_failures(arn)
+        result = record_result(run.verify(items))
+        assert (status, failures) == ("SUCCEEDED", ["Runtime.ExitError"]), (status, failures)
+        assert result.started_twice == 0, result.problems
         check(result)

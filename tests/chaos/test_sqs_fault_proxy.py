@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -123,6 +125,55 @@ def test_every_nth_call_fails(proxy: SqsFaultProxy, queues: ChaosQueues) -> None
     # THEN exactly the 3rd and 6th failed
     assert outcomes == ["ok", "ok", "failed", "ok", "ok", "failed"]
     assert depth(queues) == 4
+
+
+def _delete_in_thread(sqs: Any, url: str, handle: str) -> tuple[threading.Thread, list[str]]:
+    outcome: list[str] = []
+
+    def delete() -> None:
+        try:
+            sqs.delete_message_batch(QueueUrl=url, Entries=[{"Id": "0", "ReceiptHandle": handle}])
+            outcome.append("ok")
+        except ClientError as exc:
+            outcome.append(exc.response["Error"]["Code"])
+
+    thread = threading.Thread(target=delete, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize(("forward", "expected", "left"), [(False, "ServiceUnavailable", 1), (True, "ok", 0)])
+def test_a_hold_keeps_the_call_until_released(proxy: SqsFaultProxy, queues: ChaosQueues, moto_endpoint: str,
+                                              forward: bool, expected: str, left: int) -> None:
+    # GIVEN deletes on one queue held, and a message received from it, and another queue beside it
+    hold = proxy.hold(["DeleteMessage", "DeleteMessageBatch"], queues.url)
+    other = make_queues(moto_endpoint)
+    sqs = sqs_via(proxy.url)
+    for queue in (queues, other):
+        sqs.send_message_batch(QueueUrl=queue.url, Entries=entries(1))  # type: ignore[attr-defined]
+    handle = sqs.receive_message(QueueUrl=queues.url)["Messages"][0]["ReceiptHandle"]  # type: ignore[attr-defined]
+    # WHEN a client deletes it
+    thread, outcome = _delete_in_thread(sqs, queues.url, handle)
+    # THEN the call waits in the proxy (the other queue's delete passes meanwhile) ...
+    assert hold.reached.wait(10)
+    other_handle = sqs.receive_message(QueueUrl=other.url)["Messages"][0]["ReceiptHandle"]  # type: ignore[attr-defined]
+    sqs.delete_message(QueueUrl=other.url, ReceiptHandle=other_handle)  # type: ignore[attr-defined]
+    assert depth(other) == 0
+    assert outcome == [] and (hold.calls, hold.messages) == (1, 1)
+    # ... until the release drops it (no effect) or forwards it
+    hold.release(forward=forward)
+    thread.join(10)
+    assert outcome == [expected]
+    assert depth(queues) == left
+    # AND later calls pass untouched
+    sqs.delete_message(QueueUrl=queues.url, ReceiptHandle=handle)  # type: ignore[attr-defined]
+    assert depth(queues) == 0
+
+
+def test_only_sqs_operations_on_the_path_can_be_held(proxy: SqsFaultProxy, queues: ChaosQueues) -> None:
+    # GIVEN / WHEN / THEN a hold on an operation the proxy does not know is refused with a reason
+    with pytest.raises(FaultProxyError, match="cannot hold"):
+        proxy.hold(["PurgeQueue"], queues.url)
 
 
 def test_bad_plans_are_refused(moto_endpoint: str) -> None:
