@@ -120,7 +120,6 @@ def _environment(settings: Settings, lane: Lane | None, routes: Node = "", *, ma
         env["SLUICE_DLQ_URL"] = {"Ref": dlq_id(lane)}
         env["SLUICE_QUEUE_ARN"] = _arn(queue_id(lane))
         if machine:
-            assert env["SLUICE_FLOW_ARN"] == FLOW_ARN_MARK
             env["SLUICE_FLOW_ARN"] = {"Ref": machine_id(lane)}  # Ref of a state machine is its ARN
     env["SLUICE_LANES"] = routes
     env["SLUICE_DB_SECRET_ID"] = SECRET_ARN
