@@ -13,6 +13,7 @@ import ast
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -527,9 +528,31 @@ def test_deployed_roles_reach_only_their_own_lane(deployed_lanes: Deployed) -> N
     assert role_grants(deployed_lanes, roles["migrate"]) == set()
 
 
-def test_deployed_workflow_lane_has_its_state_machine_topic_and_step_function(deployed_lanes: Deployed) -> None:
+def _moto_config(endpoint: str, change: dict[str, Any] | None = None) -> dict[str, Any]:
+    request = urllib.request.Request(f"{endpoint}/moto-api/config", method="POST" if change else "GET",
+                                     data=json.dumps(change).encode() if change else None)
+    with urllib.request.urlopen(request) as response:  # noqa: S310 (the local moto server)
+        return dict(json.loads(response.read()))
+
+
+@pytest.fixture
+def sfn(deployed_lanes: Deployed) -> Iterator[Any]:
+    """Step Functions as CloudFormation made it. moto 5.2.5 serves the Step Functions API from a
+    second, executing backend while its execute_state_machine option is on (the session's server
+    may have it on: tests/functional/test_flows.py), and its CloudFormation makes machines in the
+    first one; so the option is off while a test reads them, then as it was."""
+    client = deployed_lanes.client("stepfunctions")
+    endpoint = client.meta.endpoint_url
+    executing = _moto_config(endpoint).get("stepfunctions", {}).get("execute_state_machine", False)
+    _moto_config(endpoint, {"stepfunctions": {"execute_state_machine": False}})
+    yield client
+    _moto_config(endpoint, {"stepfunctions": {"execute_state_machine": executing}})
+
+
+def test_deployed_workflow_lane_has_its_state_machine_topic_and_step_function(deployed_lanes: Deployed,
+                                                                             sfn: Any) -> None:
     # GIVEN the deployed four-lane stack
-    sfn, sns, lam = (deployed_lanes.client(x) for x in ("stepfunctions", "sns", "lambda"))
+    sns, lam = deployed_lanes.client("sns"), deployed_lanes.client("lambda")
     settings = deployed_lanes.packaged.settings
     # WHEN reading back its state machines, topics and the workflow lane's step function
     machines = {m["name"]: m["stateMachineArn"] for m in sfn.list_state_machines()["stateMachines"]}
@@ -558,12 +581,12 @@ def test_deployed_workflow_lane_has_its_state_machine_topic_and_step_function(de
     assert reserved == settings.lane(FLOW).drain.max_parallel
 
 
-def test_deployed_workflow_lane_roles_reach_only_their_machine(deployed_lanes: Deployed) -> None:
+def test_deployed_workflow_lane_roles_reach_only_their_machine(deployed_lanes: Deployed, sfn: Any) -> None:
     # GIVEN the deployed workflow lane: its queues, step function, state machine and topic
     settings, lam, iam = deployed_lanes.packaged.settings, deployed_lanes.client("lambda"), deployed_lanes.client("iam")
     a = lane_arns(deployed_lanes)[FLOW]
     q, d, step = a["queue"]["QueueArn"], a["dlq"]["QueueArn"], a["worker"]
-    machine = deployed_lanes.client("stepfunctions").describe_state_machine(
+    machine = sfn.describe_state_machine(
         stateMachineArn=f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:{MACHINE_NAME}")
     topic = f"arn:aws:sns:{REGION}:{ACCOUNT}:sluice-lanes-invoices-flow-notify"
     executions = f"arn:aws:states:{REGION}:{ACCOUNT}:execution:{MACHINE_NAME}:*"
