@@ -11,6 +11,11 @@ A config without lanes expands to today's logical ids (JobsQueue, DeadLetterQueu
 ConsumerLambdaFunction, WorkerLambdaFunction, ...), so existing stacks are not replaced; a
 lane's resources carry its name (LedgerJobsQueue, ConsumerDashledgerLambdaFunction, ...).
 
+A workflow lane (``flow:``) expands to plain CloudFormation from the same lanes, not the
+serverless-step-functions plugin: its state machine (the definition file with
+DefinitionSubstitutions), an SNS topic per ``flow.topics``, the state machine's own role and log
+group, and a ``step-<lane>`` function in place of the worker.
+
 Values that stay the same for every lane (the database secret, the alarm target, the VPC
 attachment, checkov's justified skips) are emitted as the serverless variables that define them
 once, and the framework resolves them in the returned JSON.
@@ -24,7 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sluice.settings import Lane, Settings, SettingsError, load_settings
+from sluice.asl import DefinitionError, load_definition
+from sluice.settings import STEP_FUNCTION_PLACEHOLDER, Lane, Settings, SettingsError, load_settings
 from sluice_tools.functions import function_table
 
 Node = Any  # a CloudFormation / serverless fragment: dicts, lists, strings, numbers
@@ -34,6 +40,8 @@ ALARM_TARGET = "${self:custom.alarmTarget}"
 XRAY = "${file(infra/iam.yml):xray}"
 # The justified checkov skips of each kind of lane resource, written once in infra/lane-skips.yml.
 SKIPS = "${file(infra/lane-skips.yml):%s}"
+# Where Settings.runtime_env writes SLUICE_FLOW_ARN, replaced by the state machine's Ref.
+FLOW_ARN_MARK = "@@flow-arn@@"
 
 
 def normalized(name: str) -> str:
@@ -58,6 +66,14 @@ def queue_id(lane: Lane) -> str:
 
 def dlq_id(lane: Lane) -> str:
     return f"{lane_prefix(lane)}DeadLetterQueue"
+
+
+def machine_id(lane: Lane) -> str:
+    return f"{lane_prefix(lane)}StateMachine"
+
+
+def topic_id(lane: Lane, topic: str) -> str:
+    return f"{lane_prefix(lane)}{topic}Topic"
 
 
 def _arn(logical_id: str) -> Node:
@@ -87,21 +103,64 @@ def lanes_env_value(settings: Settings) -> Node:
     return {"Fn::Join": ["", parts]}
 
 
-def _environment(settings: Settings, lane: Lane | None, routes: Node = "") -> dict[str, Node]:
+def _environment(settings: Settings, lane: Lane | None, routes: Node = "", *, machine: bool = False) -> dict[str, Node]:
     """``Settings.runtime_env`` with the stack's resources as references. ``lane`` None: a
-    stage-wide function (enqueuer, migrate) of a config with lanes, tied to no lane's queue."""
+    stage-wide function (enqueuer, migrate) of a config with lanes, tied to no lane's queue.
+    ``machine``: SLUICE_FLOW_ARN is the Ref of the lane's state machine (its consumer's)."""
     if lane is None:
         env: dict[str, Node] = dict(settings.runtime_env(queue_url="", dlq_url="", worker_function=""))
         env["SLUICE_LANE"] = ""
     else:
-        env = dict(settings.runtime_env(queue_url="", dlq_url="", worker_function=settings.function_name(
-            lane.function_key("worker")), lane=lane))
+        # A workflow lane's consumer invokes no function (its state machine calls the step), so it
+        # names none rather than a worker that does not exist.
+        worker = "" if lane.flow is not None else settings.function_name(lane.function_key("worker"))
+        env = dict(settings.runtime_env(queue_url="", dlq_url="", worker_function=worker, lane=lane,
+                                        flow_arn=FLOW_ARN_MARK if machine else ""))
         env["SLUICE_QUEUE_URL"] = {"Ref": queue_id(lane)}
         env["SLUICE_DLQ_URL"] = {"Ref": dlq_id(lane)}
         env["SLUICE_QUEUE_ARN"] = _arn(queue_id(lane))
+        if machine:
+            env["SLUICE_FLOW_ARN"] = {"Ref": machine_id(lane)}  # Ref of a state machine is its ARN
     env["SLUICE_LANES"] = routes
     env["SLUICE_DB_SECRET_ID"] = SECRET_ARN
     return env
+
+
+def _stack_arn(service: str, resource: str) -> Node:
+    """``arn:<partition>:<service>:<region>:<account>:<resource>`` of this stack's account and region
+    (Fn::Join, not Fn::Sub: "${" would read as a serverless variable)."""
+    return {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, f":{service}:", {"Ref": "AWS::Region"}, ":",
+                              {"Ref": "AWS::AccountId"}, f":{resource}"]]}
+
+
+def _task_secrets(settings: Settings) -> Node:
+    """The task modules' own secrets (a vendor's token), named <service>/<stage>/tasks/..."""
+    return _allow(["secretsmanager:GetSecretValue"],
+                  _stack_arn("secretsmanager", f"secret:{settings.service}/{settings.stage}/tasks/*"))
+
+
+def _consumer_statements(settings: Settings, lane: Lane, target: str) -> list[Node]:
+    """A lane's consumer: its own queue, and its worker (a worker lane) or its state machine and
+    DLQ (a workflow lane: it deletes what it started, dead-letters failures, never invokes)."""
+    own_queue = [
+        # The adaptive limit's saved state is a tag on the lane's own queue (ADR 0004).
+        _allow(["sqs:ListQueueTags", "sqs:TagQueue"], _arn(queue_id(lane))),
+    ]
+    if lane.flow is None:
+        return [_allow(["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility"], _arn(queue_id(lane))), *own_queue,
+                _allow(["lambda:InvokeFunction"], _arn(function_id(target))), XRAY]
+    machine = settings.state_machine_name(lane)
+    return [
+        _allow(["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:DeleteMessage"], _arn(queue_id(lane))),
+        *own_queue,
+        # Bodies that are no envelope, and the items of failed executions (sluice/flows.py).
+        _allow(["sqs:SendMessage"], _arn(dlq_id(lane))),
+        _allow(["states:StartExecution", "states:ListExecutions"], {"Ref": machine_id(lane)}),
+        # The failure scan reads each failed execution's input and history: that machine's only.
+        _allow(["states:DescribeExecution", "states:GetExecutionHistory"],
+               _stack_arn("states", f"execution:{machine}:*")),
+        XRAY,
+    ]
 
 
 def functions(settings: Settings) -> dict[str, Node]:
@@ -122,7 +181,7 @@ def functions(settings: Settings) -> dict[str, Node]:
         "iamRoleStatements": [_allow(["sqs:SendMessage"], _arn(queue_id(lane))) for lane in lanes] + [XRAY],
     }
     for lane in lanes:
-        consumer, worker = table[lane.function_key("consumer")], table[lane.function_key("worker")]
+        consumer, target = table[lane.function_key("consumer")], table[lane.target_key]
         out[consumer.key] = {
             "handler": consumer.handler,
             "timeout": consumer.timeout_s,
@@ -138,30 +197,32 @@ def functions(settings: Settings) -> dict[str, Node]:
             "maximumRetryAttempts": 0,
             # One schedule per consumer, so each tick starts drain.consumers drains.
             "events": [{"schedule": {"rate": [lane.drain.schedule]}} for _ in range(lane.drain.consumers)],
-            "environment": _environment(settings, lane),
-            "iamRoleStatements": [
-                _allow(["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility"], _arn(queue_id(lane))),
-                # The adaptive limit's saved state is a tag on the lane's own queue (ADR 0004).
-                _allow(["sqs:ListQueueTags", "sqs:TagQueue"], _arn(queue_id(lane))),
-                _allow(["lambda:InvokeFunction"], _arn(function_id(worker.key))),
-                XRAY,
-            ],
+            "environment": _environment(settings, lane, machine=lane.flow is not None),
+            "iamRoleStatements": _consumer_statements(settings, lane, target.key),
         }
-        out[worker.key] = {
-            "handler": worker.handler,
-            "timeout": worker.timeout_s,
-            "memorySize": worker.memory_mb,
-            # = the lane's cap: what holds it when a worker outlives its drain.
-            "reservedConcurrency": worker.reserved_concurrency,
-            "environment": _environment(settings, lane),
-            "iamRoleStatements": [
+        if lane.flow is None:
+            statements = [
                 _allow(["sqs:DeleteMessage", "sqs:ChangeMessageVisibility"], _arn(queue_id(lane))),
                 _allow(["sqs:SendMessage"], _arn(dlq_id(lane))),
+            ]
+        else:
+            # The step applies one task to one item and answers its state machine; it never
+            # touches the queue (the consumer deleted the message when the execution started).
+            statements = []
+        out[target.key] = {
+            "handler": target.handler,
+            "timeout": target.timeout_s,
+            "memorySize": target.memory_mb,
+            # = the lane's cap: what holds it when a worker outlives its drain (a step function:
+            # what its state machine's executions may run at once).
+            "reservedConcurrency": target.reserved_concurrency,
+            # Not SLUICE_FLOW_ARN for a step function: the state machine names the step's ARN, so
+            # the step naming the machine's would be a dependency cycle, and it starts nothing.
+            "environment": _environment(settings, lane),
+            "iamRoleStatements": [
+                *statements,
                 _allow(["secretsmanager:GetSecretValue"], SECRET_ARN),
-                # The task modules' own secrets (a vendor's token), named <service>/<stage>/tasks/...
-                _allow(["secretsmanager:GetSecretValue"], {"Fn::Join": ["", [
-                    "arn:", {"Ref": "AWS::Partition"}, ":secretsmanager:", {"Ref": "AWS::Region"}, ":",
-                    {"Ref": "AWS::AccountId"}, f":secret:{settings.service}/{settings.stage}/tasks/*"]]}),
+                _task_secrets(settings),
                 XRAY,
             ],
         }
@@ -188,11 +249,10 @@ def _alarm(description: str, namespace: str, metric: str, dimension: str, value:
 
 
 def _lane_resources(settings: Settings, lane: Lane) -> tuple[dict[str, Node], dict[str, Node]]:
-    """One lane's queue, DLQ and alarms, and its outputs."""
+    """One lane's queue, DLQ and alarms, and its outputs (a workflow lane's machine: _flow_resources)."""
     q, p = lane.queue, lane_prefix(lane)
-    consumer, worker = lane.function_key("consumer"), lane.function_key("worker")
-    # "sluice dev" for the one lane, "sluice dev lane vendor-a" for a named one.
-    where = f"sluice {settings.stage}" + ("" if lane.implicit else f" lane {lane.name}")
+    consumer, target = lane.function_key("consumer"), lane.target_key
+    where = _where(settings, lane)
     resources = {
         # Both FIFO: a FIFO queue only redrives to a FIFO DLQ.
         dlq_id(lane): {"Type": "AWS::SQS::Queue", "Metadata": SKIPS % "queue", "Properties": {
@@ -216,17 +276,105 @@ def _lane_resources(settings: Settings, lane: Lane) -> tuple[dict[str, Node], di
         f"{p}ConsumerErrorsAlarm": _alarm(
             f"{where}: a consumer (drain) invocation failed", "AWS/Lambda", "Errors", "FunctionName",
             {"Ref": function_id(consumer)}, "Sum", 300, 0),
+    }
+    if lane.flow is None:
         # The consumer never dispatches above the cap, so a throttle means the cap and the
         # worker's reserved concurrency disagree, or something else invokes the worker.
-        f"{p}WorkerThrottlesAlarm": _alarm(
+        resources[f"{p}WorkerThrottlesAlarm"] = _alarm(
             f"{where}: worker invocations were throttled", "AWS/Lambda", "Throttles", "FunctionName",
-            {"Ref": function_id(worker)}, "Sum", 300, 0),
-    }
+            {"Ref": function_id(target)}, "Sum", 300, 0)
+    else:
+        # Executions start under the cap, but each may run several steps at once (Parallel, Map)
+        # or retry a step: a throttle means the step's reserved concurrency is too small for them.
+        resources[f"{p}StepThrottlesAlarm"] = _alarm(
+            f"{where}: step function invocations were throttled (the state machine retries them only "
+            "where its definition says so)", "AWS/Lambda", "Throttles", "FunctionName",
+            {"Ref": function_id(target)}, "Sum", 300, 0)
     outputs = {
         f"{p}JobsQueueUrl": {"Value": {"Ref": queue_id(lane)}},
         f"{p}DeadLetterQueueUrl": {"Value": {"Ref": dlq_id(lane)}},
-        f"{p}WorkerFunctionName": {"Value": {"Ref": function_id(worker)}},
+        f"{p}{lane.target_role.capitalize()}FunctionName": {"Value": {"Ref": function_id(target)}},
     }
+    return resources, outputs
+
+
+def _where(settings: Settings, lane: Lane) -> str:
+    """Who an alarm is about: "sluice dev" for the one lane, "sluice dev lane vendor-a" for a named one."""
+    return f"sluice {settings.stage}" + ("" if lane.implicit else f" lane {lane.name}")
+
+
+# What a state machine's role needs to deliver its logs to CloudWatch Logs: these log-delivery
+# actions take no narrower resource than "*" (Step Functions' logging documentation).
+LOG_DELIVERY = ["logs:CreateLogDelivery", "logs:GetLogDelivery", "logs:UpdateLogDelivery", "logs:DeleteLogDelivery",
+                "logs:ListLogDeliveries", "logs:PutResourcePolicy", "logs:DescribeResourcePolicies",
+                "logs:DescribeLogGroups"]
+# X-Ray for a state machine (it also reads the sampling rules); no resource narrower than "*".
+STATES_XRAY = ["xray:PutTraceSegments", "xray:PutTelemetryRecords", "xray:GetSamplingRules",
+               "xray:GetSamplingTargets"]
+
+
+def _flow_resources(settings: Settings, lane: Lane) -> tuple[dict[str, Node], dict[str, Node]]:
+    """A workflow lane's state machine, its SNS topics, its role and its log group, the alarms on
+    its executions, and its outputs (docs/adr/0007-workflow-lanes.md)."""
+    flow = lane.flow
+    assert flow is not None
+    p, name, where = lane_prefix(lane), settings.state_machine_name(lane), _where(settings, lane)
+    step = function_id(lane.target_key)
+    try:
+        definition = load_definition(flow.path)
+    except DefinitionError as exc:
+        raise ValueError(f"lanes.{lane.name}.flow: {exc}") from None
+    topics = {topic: topic_id(lane, topic) for topic in flow.topics}
+    role, log_group = f"{p}StateMachineRole", f"{p}StateMachineLogGroup"
+    statements = [
+        # Its Task states call the lane's step function, and nothing else.
+        _allow(["lambda:InvokeFunction"], _arn(step)),
+        *(_allow(["sns:Publish"], {"Ref": logical}) for logical in topics.values()),
+        _allow(LOG_DELIVERY, "*"),
+        _allow(STATES_XRAY, "*"),
+    ]
+    resources: dict[str, Node] = {
+        **{logical: {"Type": "AWS::SNS::Topic", "Properties": {
+            "TopicName": settings.topic_name(lane, topic),
+            # The AWS-managed key: the publisher is the state machine's role, a principal of this
+            # account, which that key's policy lets use it through SNS (unlike CloudWatch alarms,
+            # which is why the alarm topic is not encrypted this way).
+            "KmsMasterKeyId": "alias/aws/sns"}} for topic, logical in topics.items()},
+        role: {"Type": "AWS::IAM::Role", "Properties": {
+            "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Principal": {"Service": "states.amazonaws.com"}, "Action": "sts:AssumeRole",
+                # Only Step Functions acting for this account (confused-deputy guard).
+                "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}}]},
+            "Policies": [{"PolicyName": "state-machine",
+                          "PolicyDocument": {"Version": "2012-10-17", "Statement": statements}}]}},
+        log_group: {"Type": "AWS::Logs::LogGroup", "Metadata": "${self:custom.logGroupSkips.Metadata}",
+                    "Properties": {"LogGroupName": f"/aws/vendedlogs/states/{name}",
+                                   "RetentionInDays": "${self:custom.logRetentionDays}"}},
+        machine_id(lane): {"Type": "AWS::StepFunctions::StateMachine", "Properties": {
+            "StateMachineName": name,
+            # Standard, not Express: an execution name is refused for 90 days after it closed,
+            # which is what makes a start exactly-once (ADR 0007), and runs may last minutes.
+            "StateMachineType": "STANDARD",
+            "RoleArn": _arn(role),
+            # The file's text as Step Functions takes it (a string; moto's CloudFormation reads only
+            # this form). Its ${Name} placeholders pass the framework's variable resolver untouched
+            # (a serverless variable is ${source:address}; a placeholder has no source) and are
+            # filled in by CloudFormation, as sluice.asl.substitute does locally.
+            "DefinitionString": json.dumps(definition, indent=2),
+            "DefinitionSubstitutions": {STEP_FUNCTION_PLACEHOLDER: _arn(step),
+                                        **{f"{topic}TopicArn": {"Ref": logical} for topic, logical in topics.items()}},
+            # Failures only, without the item's data: the failure scan reads the history itself.
+            "LoggingConfiguration": {"Level": "ERROR", "IncludeExecutionData": False,
+                                     "Destinations": [{"CloudWatchLogsLogGroup": {"LogGroupArn": _arn(log_group)}}]},
+            "TracingConfiguration": {"Enabled": True}}},
+    }
+    for metric, what in (("ExecutionsFailed", "failed"), ("ExecutionsTimedOut", "timed out"),
+                         ("ExecutionsAborted", "were aborted")):
+        resources[f"{p}{metric}Alarm"] = _alarm(
+            f"{where}: executions of {name} {what} (their items go to the dead-letter queue: `sluice dlq list`)",
+            "AWS/States", metric, "StateMachineArn", {"Ref": machine_id(lane)}, "Sum", 300, 0)
+    outputs = {f"{p}StateMachineArn": {"Value": {"Ref": machine_id(lane)}},
+               **{f"{p}{topic}TopicArn": {"Value": {"Ref": logical}} for topic, logical in topics.items()}}
     return resources, outputs
 
 
@@ -238,15 +386,20 @@ def resources(settings: Settings) -> dict[str, Node]:
         made, outputs = _lane_resources(settings, lane)
         out["Resources"].update(made)
         out["Outputs"].update(outputs)
-        consumer, worker = normalized(lane.function_key("consumer")), normalized(lane.function_key("worker"))
+        if lane.flow is not None:
+            made, outputs = _flow_resources(settings, lane)
+            out["Resources"].update(made)
+            out["Outputs"].update(outputs)
+        consumer, target = normalized(lane.function_key("consumer")), normalized(lane.target_key)
         out["extensions"].update({
             f"{consumer}LambdaFunction": {"Metadata": SKIPS % "consumer"},
-            f"{worker}LambdaFunction": {"Properties": {"VpcConfig": "${self:custom.vpcConfig}"},
-                                        "Metadata": SKIPS % "worker"},
-            f"{worker}IamRoleLambdaExecution": {
+            # A step function reads the database like a worker: the same VPC attachment.
+            f"{target}LambdaFunction": {"Properties": {"VpcConfig": "${self:custom.vpcConfig}"},
+                                        "Metadata": SKIPS % lane.target_role},
+            f"{target}IamRoleLambdaExecution": {
                 "Properties": {"ManagedPolicyArns": "${self:custom.vpcManagedPolicies}"}},
             f"{consumer}LogGroup": "${self:custom.logGroupSkips}",
-            f"{worker}LogGroup": "${self:custom.logGroupSkips}",
+            f"{target}LogGroup": "${self:custom.logGroupSkips}",
         })
     return out
 

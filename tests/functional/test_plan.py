@@ -188,8 +188,9 @@ def test_limits_and_overhead_out_of_range_are_usage_errors(flags: list[str], rea
 
 
 def test_plan_per_lane_and_for_the_account() -> None:
-    # GIVEN config/lanes.yml: ledger cap 4 (rate 200), vendor-a cap 8 (rate 25), vendor-b cap 2 (rate 5),
-    # one consumer each: the lanes reserve 4+1 + 8+1 + 2+1 + migrate 1 = 18 of 1,000 - 100 reservable
+    # GIVEN config/lanes.yml: invoices-flow cap 6 (rate 10), ledger cap 4 (rate 200), vendor-a cap 8
+    # (rate 25), vendor-b cap 2 (rate 5), one consumer each: the lanes reserve 6+1 + 4+1 + 8+1 + 2+1 +
+    # migrate 1 = 25 of 1,000 - 100 reservable
     # WHEN plan is asked without --lane, at 100,000 items/day per lane and 50 ms/item
     result = CliRunner().invoke(app, ["plan", "--items-per-day", "100000", "--worker-ms", "50",
                                       "--stage", "lanes", "--json"])
@@ -197,16 +198,16 @@ def test_plan_per_lane_and_for_the_account() -> None:
     body = json.loads(result.stdout)
     # THEN each lane is planned on its own settings, bound by its own limit
     lanes = {x["lane"]: x for x in body["lanes"]}
-    assert list(lanes) == ["ledger", "vendor-a", "vendor-b"]
-    assert [lanes[n]["inputs"]["cap"] for n in lanes] == [4, 8, 2]
+    assert list(lanes) == ["invoices-flow", "ledger", "vendor-a", "vendor-b"]
+    assert [lanes[n]["inputs"]["cap"] for n in lanes] == [6, 4, 8, 2]
     # ledger: 4 slots x 20 items/s = 80 < 200; vendor-a: 8 x 20 = 160 > its rate 25; vendor-b: 2 x 20 = 40 > 5
     assert lanes["ledger"]["drain"]["bound_by"] == "worker slots (cap)"
     assert lanes["ledger"]["drain"]["rate_items_per_s"] == pytest.approx(80)
     assert lanes["vendor-a"]["drain"]["bound_by"] == "drain.max_rate"
     assert lanes["vendor-b"]["drain"]["rate_items_per_s"] == pytest.approx(5)
     # AND the account's line adds up every lane's reservation
-    assert body["account"] == {"reserved": 18, "reservable": 900, "account_concurrency": 1000, "broken": False,
-                               "ratio": pytest.approx(18 / 900)}
+    assert body["account"] == {"reserved": 25, "reservable": 900, "account_concurrency": 1000, "broken": False,
+                               "ratio": pytest.approx(25 / 900)}
     # WHEN the account is too small for the lanes THEN the account line says so
     small = json.loads(CliRunner().invoke(app, ["plan", "--items-per-day", "1000", "--worker-ms", "5",
                                                 "--account-concurrency", "110", "--stage", "lanes",
@@ -219,7 +220,7 @@ def test_plan_per_lane_and_for_the_account() -> None:
     assert json.loads(one.stdout)["inputs"]["max_rate"] == 5
     # AND the text output has one line per lane and the account's
     text = CliRunner().invoke(app, ["plan", "--items-per-day", "100000", "--worker-ms", "50", "--stage", "lanes"])
-    assert text.exit_code == 0 and "account: the lanes reserve 18" in text.output
+    assert text.exit_code == 0 and "account: the lanes reserve 25" in text.output
     assert all(name in text.output for name in lanes)
     # WHEN a lane the stage does not have is named THEN one line and exit 2
     bad = CliRunner().invoke(app, ["plan", "--items-per-day", "1", "--worker-ms", "5", "--lane", "nope",

@@ -69,7 +69,7 @@ def role_of(template: dict[str, Any], function_logical_id: str) -> dict[str, Any
 
 
 def symbol(resource: Any) -> str:
-    """A statement's resource as a short name: GetAtt X Arn -> X, the secret's Fn::If -> 'secret'."""
+    """A statement's resource as a short name: GetAtt X Arn -> X, Ref X -> X, the secret's Fn::If -> 'secret'."""
     if isinstance(resource, list):
         assert len(resource) == 1, resource
         return symbol(resource[0])
@@ -77,6 +77,8 @@ def symbol(resource: Any) -> str:
         return resource
     if "Fn::GetAtt" in resource:
         return str(resource["Fn::GetAtt"][0])
+    if "Ref" in resource:  # a state machine's or a topic's Ref is its ARN
+        return str(resource["Ref"])
     if "Fn::If" in resource and resource["Fn::If"][0] == "CreateDatabaseSecret":
         return "secret"
     if "Fn::Sub" in resource:

@@ -60,7 +60,8 @@ def wait_for_stack(cfn: Any, name: str, deadline_s: float = 120) -> dict[str, An
 def deploy(packaged: Packaged, moto_endpoint: str) -> Deployed:
     """Deploy one packaged stage into moto's CloudFormation as `serverless deploy` does."""
     clients = {s: boto3.client(s, endpoint_url=moto_endpoint, region_name=REGION)
-               for s in ("cloudformation", "s3", "sqs", "lambda", "iam", "events", "logs", "ec2", "rds")}
+               for s in ("cloudformation", "s3", "sqs", "lambda", "iam", "events", "logs", "ec2", "rds",
+                         "stepfunctions", "sns")}
     cfn = clients["cloudformation"]
     name = f"sluice-{packaged.stage}"
     cfn.create_stack(StackName=name, TemplateBody=json.dumps(packaged.create_template),

@@ -104,6 +104,47 @@ def test_functions_agree_with_the_function_table(packaged: Packaged) -> None:
         assert env["SLUICE_DB_SECRET_ID"]["Fn::If"][0] == "CreateDatabaseSecret"
 
 
+def test_the_step_function_agrees_with_the_function_table(lanes: Packaged) -> None:
+    # GIVEN the lanes stage, whose workflow lane runs a step function instead of a worker
+    settings = lanes.settings
+    steps = {key: spec for key, spec in function_table(settings).items() if spec.role == "step"}
+    assert list(steps) == ["step-invoices-flow"]
+    spec = steps["step-invoices-flow"]
+    props = lanes.resources["StepDashinvoicesDashflowLambdaFunction"]["Properties"]
+    # THEN the template's function has the table's name, handler, limits and environment names
+    assert props["FunctionName"] == settings.function_name(spec.key) == "sluice-lanes-step-invoices-flow"
+    assert (props["Handler"], props["Timeout"], props["MemorySize"]) == (
+        spec.handler, spec.timeout_s, spec.memory_mb) == ("worker/step.lambda_handler", 30, 256)
+    assert props["ReservedConcurrentExecutions"] == spec.reserved_concurrency
+    env = props["Environment"]["Variables"]
+    assert tuple(env) == spec.env_names == RUNTIME_ENV_NAMES
+    # AND its literal values are its lane's runtime environment, naming no worker and no machine
+    assert spec.lane is not None
+    expected = settings.runtime_env(queue_url="", dlq_url="", worker_function="", lane=settings.lane(spec.lane))
+    literal = {k: v for k, v in env.items() if isinstance(v, str)}
+    assert set(literal) == set(expected) - {"SLUICE_QUEUE_URL", "SLUICE_DLQ_URL", "SLUICE_QUEUE_ARN",
+                                            "SLUICE_DB_SECRET_ID"}
+    assert all(same_value(literal[k], expected[k]) for k in literal), (literal, expected)
+    assert (literal["SLUICE_WORKER_FUNCTION"], literal["SLUICE_FLOW_ARN"]) == ("", "")
+    # AND it loads the task module the flow's accounting step runs
+    assert "worker.tasks.accounting" in literal["SLUICE_TASK_MODULES"].split(",")
+
+
+def test_a_config_without_flow_lanes_makes_no_workflow_resources(packaged: Packaged) -> None:
+    # GIVEN dev and prod, configs without a workflow lane
+    resources, outputs = packaged.resources, packaged.template["Outputs"]
+    # THEN there is no state machine, no role outside the functions', no topic but the alarms', no
+    # step function, and no output naming a machine
+    types = {v["Type"] for v in resources.values()}
+    assert "AWS::StepFunctions::StateMachine" not in types
+    assert [k for k, v in resources.items() if v["Type"] == "AWS::SNS::Topic"] == ["AlarmTopic"]
+    roles = {k for k, v in resources.items() if v["Type"] == "AWS::IAM::Role"}
+    assert roles == {"IamRoleLambdaExecution"} | {f"{key.capitalize()}IamRoleLambdaExecution"
+                                                  for key in function_table(packaged.settings)}
+    assert not [k for k in resources if k.startswith(("Step", "StateMachine")) or "Executions" in k]
+    assert not [k for k in outputs if "StateMachine" in k or ("Topic" in k and k != "AlarmTopicArn")]
+
+
 def test_consumer_schedule_starts_one_drain_per_consumer(packaged: Packaged) -> None:
     # GIVEN the settings' schedule and number of consumers
     drain = packaged.settings.drain
