@@ -149,7 +149,11 @@ class ChaosRun(StartStopContext):
     name: str
     work_dir: Path
     max_parallel: int = 2
-    reserved_concurrency: int = 3
+    # The worker's reserved concurrency; None: the cap, as `sluice config check` demands. That
+    # is what holds the cap when a worker outlives the consumer that started it (SQS faults
+    # slow its deletes past the consumer's deadline, a consumer is killed): the next consumer's
+    # invokes get 429s instead of running above the cap. Only the throttling scenario sets it.
+    reserved_concurrency: int | None = None
     drain_timeout_s: int = 10
     worker_timeout_s: int = 6  # the worker keeps max(2, t/4) + 1 s in reserve: 3 s would leave none
     visibility_s: int = 12
@@ -186,7 +190,8 @@ class ChaosRun(StartStopContext):
                    "max_receive_count": self.max_receive_count},
             drain={"timeout_s": self.drain_timeout_s, "max_parallel": self.max_parallel,
                    "safety_margin_ms": 1000, "wait_s": 1, "max_rate": 500},
-            worker={"timeout_s": self.worker_timeout_s, "reserved_concurrency": self.reserved_concurrency,
+            worker={"timeout_s": self.worker_timeout_s,
+                    "reserved_concurrency": self.reserved_concurrency or self.max_parallel,
                     "batch_size": self.batch_size},
             enqueuer={"max_items": 1000},
             database={"name": self._db_name, "secret": "sluice/chaos/database"},
@@ -364,11 +369,16 @@ class ChaosRun(StartStopContext):
         """Item key -> (execution ARN, status) of every execution of the machine, whatever its
         name: the key comes from the execution's input, so a second start under another name shows."""
         machine = self.machine()
-        found: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        # One ListExecutions per status, one after another: an execution that closes between two
+        # of them is listed twice (RUNNING, then SUCCEEDED). Keyed by ARN, it counts once, with
+        # the later status.
+        statuses: dict[str, str] = {}
         for status in EXECUTION_STATUSES:
             for execution in machine.executions(status):
-                key = FlowItem.from_input(json.loads(machine.execution_input(execution.arn))).key
-                found[key].append((execution.arn, execution.status))
+                statuses[execution.arn] = execution.status
+        found: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for arn, status in statuses.items():
+            found[FlowItem.from_input(json.loads(machine.execution_input(arn))).key].append((arn, status))
         return found
 
     def task_failures(self, execution_arn: str) -> list[str]:
