@@ -296,4 +296,6 @@ def test_no_one_second_window_holds_more_than_max_tps_calls(fifo_queues: Any) ->
         events.unregister("before-send.sqs.SendMessageBatch", unique_id="time-batches")
     # THEN every item went in, and no one-second window (the first one included) saw more than 5 calls
     assert result.status_code == 202 and len(call_times) == 18
-    assert most_in_any_window(call_times) == 5
+    # (At most, not exactly 5: the 4 threads' sleeps all advance the one stepped clock, so time
+    # may run ahead of the pacing and a window hold fewer. Unlimited, one window would hold 18.)
+    assert most_in_any_window(call_times) <= 5
