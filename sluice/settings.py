@@ -177,7 +177,7 @@ class FlowSettings(_Section):
     # The state machine's name; "" = <service>-<stage>-<lane>.
     name: str = Field("", pattern=r"^([A-Za-z0-9_-]{1,80})?$")
     # SNS topics the flow publishes to, made with the lane (deploy and local stack): topic
-    # ``Notify`` is ``<service>-<stage>-<lane>-notify``, its ARN the definition's ${NotifyTopicArn}.
+    # ``Events`` is ``<service>-<stage>-<lane>-events``, its ARN the definition's ${EventsTopicArn}.
     topics: list[str] = Field(default_factory=list)
 
     @field_validator("topics")
@@ -185,7 +185,7 @@ class FlowSettings(_Section):
     def _topic_names(cls, topics: list[str]) -> list[str]:
         for topic in topics:
             if not re.match(r"^[A-Z][A-Za-z0-9]{0,31}$", topic):
-                raise ValueError(f"flow topic {topic!r} must be a CamelCase name (e.g. Notify), "
+                raise ValueError(f"flow topic {topic!r} must be a CamelCase name (e.g. Events), "
                                  "at most 32 letters and digits")
         if len(set(topics)) != len(topics):
             raise ValueError("flow.topics names a topic twice")
@@ -399,7 +399,7 @@ class Settings(_Section):
                 if unknown:
                     found.append(f"lanes.{lane.name} names task(s) no configured module registers: "
                                  f"{', '.join(unknown)} (known: {', '.join(sorted(known_tasks))})")
-            # A task a workflow's step runs needs no lane of its own (accounting.post in the invoice flow).
+            # A task only a workflow's Task states call (never enqueued itself) needs no lane of its own.
             orphans = sorted(known_tasks - carried - _flow_step_tasks(lanes))
             if orphans:
                 found.append(f"no lane carries task(s) {', '.join(orphans)}: every item of them would be refused "

@@ -202,13 +202,14 @@ def test_one_lanes_vendor_down_mid_drain(tmp_path: Path, record_result: Record, 
 
 
 # A workflow lane's cap counts running executions; the consumer waits poll_s (2 s) when it is
-# full, so a cap of 2 would make the full-size run crawl. The step function gets the same.
+# full, so a cap of 2 would make the full-size run crawl. The step function's reserved
+# concurrency follows the cap (ChaosRun's default).
 FLOW_CAP = 6
 
 
 def test_flow_consumer_killed_between_start_and_delete(tmp_path: Path, record_result: Record) -> None:
     with ChaosRun("flow: consumer kill -9 after start, before delete", tmp_path, flow=True,
-                  max_parallel=FLOW_CAP, reserved_concurrency=FLOW_CAP) as run:
+                  max_parallel=FLOW_CAP) as run:
         assert run.proxy is not None and run.stack is not None and run.stack.queues is not None
         # GIVEN the workflow lane's deletes held in the SQS proxy: a consumer that has started
         # executions waits in the call that would delete their messages
@@ -240,7 +241,7 @@ def test_flow_consumer_killed_between_start_and_delete(tmp_path: Path, record_re
 @pytest.mark.parametrize(("step", "point"), [("apply", "before_commit"), ("confirm", "after_commit")])
 def test_flow_step_killed_mid_step(step: str, point: str, tmp_path: Path, record_result: Record) -> None:
     with ChaosRun(f"flow: step kill -9 in {step}, {point.replace('_', ' ')}", tmp_path, flow=True,
-                  max_parallel=FLOW_CAP, reserved_concurrency=FLOW_CAP) as run:
+                  max_parallel=FLOW_CAP) as run:
         # GIVEN items whose first one pauses its step Lambda at a known point of one step
         items = make_items(run.run_id, VALID, POISON,
                            extra=lambda i: {"pause": point, "pause_step": step} if i == 0 else {})
